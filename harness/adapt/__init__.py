@@ -1,0 +1,3 @@
+"""Adaptation methods, registered in ``harness.registry.METHODS`` on import."""
+
+from harness.adapt.base import AdaptJob, AdaptMethod, AdaptResult  # noqa: F401

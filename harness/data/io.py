@@ -1,0 +1,73 @@
+"""Image reading and writing that trusts file content, not extensions.
+
+Reads any format Pillow decodes (PNG, JPEG, BMP, TIFF, ...) by sniffing the bytes, applies EXIF
+orientation, drops alpha, expands grayscale, and scales 8/16-bit and float data to [0, 1].
+A file that cannot be decoded raises a one-line :class:`HarnessError` naming it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from harness.errors import HarnessError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Decode ``path`` to a float32 HxWx3 RGB array in [0, 1]."""
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            im.load()
+            im = ImageOps.exif_transpose(im)
+            arr = _to_rgb_float(im)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise HarnessError(
+            f"cannot decode image {path}: {err.__class__.__name__}",
+            "replace or delete the file, or set data.on_corrupt: skip in the recipe",
+        ) from None
+    return arr
+
+
+def _to_rgb_float(im: Image.Image) -> np.ndarray:
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(im, dtype=np.float32)
+        peak = 65535.0 if arr.max() > 255 or im.mode.startswith("I;16") else 255.0
+        arr = np.clip(arr / peak, 0, 1)
+        return np.repeat(arr[..., None], 3, axis=2)
+    if im.mode == "F":
+        arr = np.clip(np.asarray(im, dtype=np.float32), 0, 1)
+        return np.repeat(arr[..., None], 3, axis=2)
+    if im.mode != "RGB":
+        im = im.convert("RGB")
+    return np.asarray(im, dtype=np.float32) / 255.0
+
+
+def to_tensor(arr: np.ndarray) -> torch.Tensor:
+    """HxWx3 float array -> 3xHxW float tensor."""
+    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+
+
+def to_array(t: torch.Tensor) -> np.ndarray:
+    """3xHxW (or 1x3xHxW) tensor -> HxWx3 float32 array clipped to [0, 1]."""
+    if t.dim() == 4:
+        t = t[0]
+    return t.detach().float().clamp(0, 1).cpu().numpy().transpose(1, 2, 0)
+
+
+def write_image(path: str | Path, arr: np.ndarray) -> None:
+    """Write an HxWx3 float array in [0, 1] as an 8-bit image (format from the suffix)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray((np.clip(arr, 0, 1) * 255.0 + 0.5).astype(np.uint8)).save(path)
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Image files directly inside ``folder`` (by suffix, case-insensitive), sorted by name."""
+    folder = Path(folder)
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)

@@ -1,0 +1,3 @@
+"""Image-quality metrics, registered in ``harness.registry.METRICS`` on import."""
+
+from harness.metrics.base import Metric, MetricSpec, build_metric  # noqa: F401

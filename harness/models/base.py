@@ -1,0 +1,107 @@
+"""What every backbone shares: pad-to-multiple forward, LoRA candidate sites, published figures.
+
+A backbone subclasses :class:`DehazeNet`, implements ``restore`` on an input whose sides are a
+multiple of ``multiple``, and declares its candidate LoRA sites in ``lora_sites``. Builders are
+registered with :func:`register_backbone`, which also records the published size per variant so
+``harness models`` can print ours beside the paper's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from harness.registry import BACKBONES
+
+
+@dataclass(frozen=True)
+class Published:
+    """A backbone variant's size as its paper or official repository reports it."""
+
+    params: int | None
+    flops_256: float | None = None  # as published at 256x256
+    flops_convention: str = "macs"  # "macs" (multiply-adds, thop style) or "flops" (2 x MACs)
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class BackboneCard:
+    name: str
+    variants: dict[str, Published | None] = field(default_factory=dict)
+    multiple: int = 1
+    description: str = ""
+
+
+BACKBONE_CARDS: dict[str, BackboneCard] = {}
+
+
+def register_backbone(
+    name: str,
+    *,
+    variants: dict[str, Published | None],
+    multiple: int,
+    description: str = "",
+) -> Callable[[Callable[..., "DehazeNet"]], Callable[..., "DehazeNet"]]:
+    """Register ``fn(variant=..., **kw) -> DehazeNet`` under ``name`` with its published figures."""
+
+    def wrap(fn: Callable[..., DehazeNet]) -> Callable[..., DehazeNet]:
+        BACKBONE_CARDS[name] = BackboneCard(name, dict(variants), multiple, description)
+        return BACKBONES.register(name)(fn)
+
+    return wrap
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int, min_size: int = 0) -> torch.Tensor:
+    """Pad the bottom/right of ``x`` so H and W are multiples of ``multiple`` and >= ``min_size``."""
+    h, w = x.shape[-2:]
+    th = max(-(-h // multiple) * multiple, min_size)
+    tw = max(-(-w // multiple) * multiple, min_size)
+    if (th, tw) == (h, w):
+        return x
+    ph, pw = th - h, tw - w
+    # reflect needs the pad to be smaller than the side; fall back to replicate for tiny inputs
+    mode = "reflect" if ph < h and pw < w else "replicate"
+    return F.pad(x, (0, pw, 0, ph), mode=mode)
+
+
+class DehazeNet(nn.Module):
+    """Base class: ``forward`` pads to the network's multiple, restores, and crops back."""
+
+    multiple: int = 1
+    min_size: int = 0
+
+    def restore(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        return self.restore(pad_to_multiple(x, self.multiple, self.min_size))[..., :h, :w]
+
+    def lora_sites(self) -> dict[str, list[str]]:
+        """Candidate LoRA sites: group name -> qualified names of Conv2d/Linear modules.
+
+        One gate is learned per group. The default makes every conv/linear its own group;
+        backbones override it with the grouping their paper uses.
+        """
+        return {
+            name: [name]
+            for name, module in self.named_modules()
+            if isinstance(module, (nn.Conv2d, nn.Linear))
+        }
+
+    def deploy(self) -> "DehazeNet":
+        """Return the inference form (re-parameterised where the paper defines one)."""
+        return self
+
+
+def build_backbone(name: str, variant: str = "full", **kwargs) -> DehazeNet:
+    """Build a registered backbone by name and variant."""
+    return BACKBONES.build(name, variant=variant, **kwargs)
+
+
+def count_params(model: nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

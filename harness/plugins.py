@@ -1,0 +1,18 @@
+"""Import every module that registers a backbone, method, dataset, metric or guide."""
+
+from __future__ import annotations
+
+import importlib
+
+PLUGIN_MODULES = (
+    "harness.models",
+    "harness.adapt.methods",
+    "harness.data.datasets",
+    "harness.metrics",
+    "harness.guide",
+)
+
+
+def load_plugins() -> None:
+    for name in PLUGIN_MODULES:
+        importlib.import_module(name)

@@ -1,0 +1,320 @@
+"""Recipe schema (pydantic), YAML loading with line-aware errors, dotted overrides, grid expansion.
+
+A recipe names backbones, pretraining data, target (real-haze) data, methods, benchmarks,
+metrics, seeds, budgets and the guide model. ``expand`` turns it into cells: a pure function.
+Each entry of a list is ``{type: <registered name>, ...params}``; params are checked against the
+registered builder's signature before any work starts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import pydantic
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from harness.errors import HarnessError
+from harness.registry import BACKBONES, DATASETS, GUIDES, METHODS, METRICS, Registry
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Entry(BaseModel):
+    """``{type: name, label: optional display name, ...builder params}``."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str
+    label: str | None = None
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+    @property
+    def name(self) -> str:
+        return self.label or self.type
+
+    def spec(self) -> dict[str, Any]:
+        """Everything that defines this entry (label excluded: it is only a display name)."""
+        return {"type": self.type, **self.params}
+
+
+class BackboneEntry(Entry):
+    variant: str = "full"
+
+    @property
+    def name(self) -> str:
+        return self.label or f"{self.type}-{self.variant}"
+
+    def spec(self) -> dict[str, Any]:
+        return {"type": self.type, "variant": self.variant, **self.params}
+
+
+class MethodEntry(Entry):
+    # sweep: {param: [values]} expands into one cell per combination (e.g. top_k: [1, 2, 3])
+    sweep: dict[str, list[Any]] = Field(default_factory=dict)
+
+
+class MetricEntry(Entry):
+    # optional metrics whose weights/model are absent show "n/a" instead of failing the run
+    optional: bool = False
+
+
+class Budget(Strict):
+    pretrain_steps: int = Field(2000, ge=0)
+    pretrain_lr: float = Field(2e-4, gt=0)
+    batch_size: int = Field(8, ge=1)
+    patch_size: int = Field(128, ge=8)
+    checkpoint_every: int = Field(100, ge=1)
+
+
+class GuideConfig(Entry):
+    type: str = "embedded"
+    positive: str = "a clear photo"
+    negative: str = "a photo with haze"
+    mode: Literal["both", "positive", "negative"] = "both"
+
+    def spec(self) -> dict[str, Any]:
+        return {"type": self.type, "positive": self.positive, "negative": self.negative,
+                "mode": self.mode, **self.params}
+
+
+class EvalConfig(Strict):
+    workers: int = Field(1, ge=1)
+    max_side: int | None = Field(None, ge=16)  # downscale larger images before restoring
+    save_outputs: bool = False
+
+
+class Recipe(Strict):
+    name: str
+    out: Path | None = None
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    device: str = "auto"
+    backbones: list[BackboneEntry] = Field(min_length=1)
+    pretrain: list[Entry] = Field(min_length=1)
+    target: list[Entry] = Field(min_length=1)
+    target_split: float = Field(0.5, gt=0, lt=1)
+    methods: list[MethodEntry] = Field(min_length=1)
+    benchmarks: list[Entry] = Field(min_length=1)
+    metrics: list[MetricEntry] = Field(min_length=1)
+    guide: GuideConfig = Field(default_factory=GuideConfig)
+    budget: Budget = Field(default_factory=Budget)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    on_corrupt: Literal["fail", "skip"] = "fail"
+
+    def run_dir(self) -> Path:
+        return self.out if self.out is not None else Path("results") / self.name
+
+
+# ---------------------------------------------------------------- loading and validation
+
+
+def _line_of(node: yaml.Node | None, path: tuple[Any, ...]) -> int | None:
+    """1-based line of the YAML node at ``path`` (or of its deepest existing parent)."""
+    line = None if node is None else node.start_mark.line + 1
+    for key in path:
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                if k.value == str(key):
+                    line, node = k.start_mark.line + 1, v
+                    break
+            else:
+                return line
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            node = node.value[key]
+            line = node.start_mark.line + 1
+        else:
+            return line
+    return line
+
+
+def _normalise_lists(data: dict[str, Any]) -> dict[str, Any]:
+    """Allow the shorthand ``metrics: [fade, entropy]`` (a bare name means ``{type: name}``)."""
+    for key in ("backbones", "pretrain", "target", "methods", "benchmarks", "metrics"):
+        items = data.get(key)
+        if isinstance(items, list):
+            data[key] = [{"type": it} if isinstance(it, str) else it for it in items]
+    if isinstance(data.get("guide"), str):
+        data["guide"] = {"type": data["guide"]}
+    return data
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.path=value`` overrides (values parsed as YAML; list items by index)."""
+    for item in overrides:
+        if "=" not in item:
+            raise HarnessError(f"bad override {item!r}", "write it as key.path=value, e.g. budget.pretrain_steps=100")
+        dotted, raw = item.split("=", 1)
+        keys = dotted.strip().split(".")
+        node: Any = data
+        for i, key in enumerate(keys):
+            last = i == len(keys) - 1
+            if isinstance(node, list):
+                if not key.isdigit() or int(key) >= len(node):
+                    raise HarnessError(f"override {dotted!r}: {key!r} is not an index of a {len(node)}-item list")
+                key = int(key)
+            elif not isinstance(node, dict):
+                raise HarnessError(f"override {dotted!r}: {'.'.join(keys[:i])!r} is not a mapping")
+            if last:
+                node[key] = yaml.safe_load(raw)
+            else:
+                if isinstance(node, dict) and key not in node:
+                    node[key] = {}
+                node = node[key]
+    return data
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None, check_paths: bool = True) -> Recipe:
+    """Read, override and validate a recipe; every problem is a one-line error with key and line."""
+    from harness.plugins import load_plugins
+
+    load_plugins()
+    path = Path(path)
+    if not path.is_file():
+        raise HarnessError(f"recipe {path} not found", "pass the path of a YAML recipe, e.g. recipes/quickstart.yaml")
+    text = path.read_text()
+    try:
+        root = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise HarnessError(f"{where}: not valid YAML ({getattr(err, 'problem', err)})") from None
+    if not isinstance(data, dict):
+        raise HarnessError(f"{path}: a recipe must be a mapping of keys", "see recipes/quickstart.yaml")
+    data = apply_overrides(_normalise_lists(data), overrides or [])
+    try:
+        recipe = Recipe.model_validate(data)
+    except pydantic.ValidationError as err:
+        first = err.errors()[0]
+        loc = tuple(first["loc"])
+        dotted = ".".join(str(p) for p in loc)
+        line = _line_of(root, loc)
+        where = f"{path}:{line}" if line else str(path)
+        if first["type"] == "extra_forbidden":
+            parent = ".".join(str(p) for p in loc[:-1]) or "the top level"
+            raise HarnessError(f"{where}: unknown key {dotted!r}", f"check the spelling of {loc[-1]!r} under {parent}") from None
+        if first["type"] == "missing":
+            raise HarnessError(f"{where}: missing key {dotted!r}", "add it (see recipes/quickstart.yaml)") from None
+        raise HarnessError(f"{where}: bad value for {dotted!r}: {first['msg']}") from None
+    _validate_entries(recipe, path, root)
+    if check_paths:
+        _check_paths(recipe, path, root)
+    return recipe
+
+
+def _validate_entries(recipe: Recipe, path: Path, root: yaml.Node | None) -> None:
+    groups: list[tuple[str, Registry, list[Entry]]] = [
+        ("backbones", BACKBONES, recipe.backbones),
+        ("pretrain", DATASETS, recipe.pretrain),
+        ("target", DATASETS, recipe.target),
+        ("benchmarks", DATASETS, recipe.benchmarks),
+        ("methods", METHODS, recipe.methods),
+        ("metrics", METRICS, recipe.metrics),
+    ]
+    for key, registry, entries in groups:
+        for i, entry in enumerate(entries):
+            line = _line_of(root, (key, i))
+            where = f"{path}:{line}" if line else str(path)
+            if entry.type not in registry:
+                raise HarnessError(f"{where}: unknown {registry.kind} {entry.type!r} in {key}[{i}]",
+                                   f"use one of: {', '.join(registry.names())}")
+            params = entry.spec() if key == "backbones" else entry.params
+            params.pop("type", None)
+            try:
+                registry.validate(entry.type, params, where=f"{key}[{i}]")
+                if isinstance(entry, MethodEntry):
+                    for name, values in entry.sweep.items():
+                        for v in values:
+                            registry.validate(entry.type, {**params, name: v}, where=f"{key}[{i}].sweep")
+            except HarnessError as err:
+                raise HarnessError(f"{where}: {err}") from None
+    guide_params = dict(recipe.guide.params)
+    if recipe.guide.type not in GUIDES:
+        raise HarnessError(f"{path}: unknown guide {recipe.guide.type!r}", f"use one of: {', '.join(GUIDES.names())}")
+    try:
+        GUIDES.validate(recipe.guide.type, guide_params, where="guide")
+    except HarnessError as err:
+        raise HarnessError(f"{path}:{_line_of(root, ('guide',)) or '?'}: {err}") from None
+
+
+def _check_paths(recipe: Recipe, path: Path, root: yaml.Node | None) -> None:
+    """Every ``root:`` of a dataset must exist before any work starts."""
+    for key in ("pretrain", "target", "benchmarks"):
+        for i, entry in enumerate(getattr(recipe, key)):
+            folder = entry.params.get("root")
+            if folder is not None and not Path(folder).exists():
+                line = _line_of(root, (key, i, "root"))
+                raise HarnessError(f"{path}:{line}: {key}[{i}].root folder {folder} does not exist",
+                                   f"point {key}[{i}].root at the {entry.type} dataset folder")
+
+
+# ---------------------------------------------------------------- grid expansion
+
+
+def stable_hash(obj: Any, length: int = 12) -> str:
+    """Short sha256 of the canonical JSON form of ``obj``."""
+    blob = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+
+class Cell(BaseModel):
+    """One backbone x pretrain x target x method x seed combination, with its stable ids."""
+
+    model_config = ConfigDict(frozen=True)
+    index: int
+    backbone: dict[str, Any]
+    pretrain: dict[str, Any]
+    target: dict[str, Any]
+    method: dict[str, Any]
+    seed: int
+    labels: dict[str, str]
+    pretrain_id: str
+    adapt_id: str
+    id: str
+
+
+def expand(recipe: Recipe) -> list[Cell]:
+    """The recipe's cells in a stable order; ids hash everything that can change a result.
+
+    ``pretrain_id`` keys the cached pretrained checkpoint, ``adapt_id`` the adapted weights and
+    ``id`` the finished record (it adds benchmarks and metrics, so a new metric re-scores but does
+    not retrain).
+    """
+    budget = recipe.budget.model_dump()
+    pretrain_budget = {k: budget[k] for k in ("pretrain_steps", "pretrain_lr", "batch_size", "patch_size")}
+    adapt_budget = {k: budget[k] for k in ("batch_size", "patch_size")}
+    scoring = {
+        "benchmarks": [b.spec() for b in recipe.benchmarks],
+        "metrics": [m.spec() for m in recipe.metrics],
+        "max_side": recipe.eval.max_side,
+    }
+    methods: list[tuple[dict[str, Any], str]] = []
+    for m in recipe.methods:
+        names = list(m.sweep)
+        for combo in itertools.product(*(m.sweep[n] for n in names)) if names else [()]:
+            spec = {**m.spec(), **dict(zip(names, combo))}
+            suffix = ",".join(f"{n}={v}" for n, v in zip(names, combo))
+            methods.append((spec, f"{m.name}[{suffix}]" if suffix else m.name))
+    cells = []
+    grid = itertools.product(recipe.backbones, recipe.pretrain, recipe.target, methods, recipe.seeds)
+    for index, (bb, pre, tgt, (method, method_label), seed) in enumerate(grid):
+        pretrain_id = stable_hash({"backbone": bb.spec(), "data": pre.spec(), "budget": pretrain_budget, "seed": seed})
+        adapt_id = stable_hash({
+            "pretrain": pretrain_id, "target": tgt.spec(), "split": recipe.target_split, "method": method,
+            "guide": recipe.guide.spec(), "budget": adapt_budget, "seed": seed,
+        })
+        cells.append(Cell(
+            index=index, backbone=bb.spec(), pretrain=pre.spec(), target=tgt.spec(), method=method, seed=seed,
+            labels={"backbone": bb.name, "pretrain": pre.name, "target": tgt.name, "method": method_label},
+            pretrain_id=pretrain_id, adapt_id=adapt_id,
+            id=stable_hash({"adapt": adapt_id, "scoring": scoring}),
+        ))
+    return cells
