@@ -153,10 +153,14 @@ def write_report(run_dir: str | Path, formats: tuple[str, ...] = ("md", "latex")
     records = store.records()
     headers, rows, starts = comparison_table(records)
     name = records[0]["provenance"].get("recipe", store.root.name) if records else store.root.name
-    written: dict[str, Path] = {}
+    from harness.report.figures import write_figures
+
+    figures = write_figures(records, store.root)
+    written: dict[str, Path] = {f"figure:{k}": v for k, v in figures.items()}
     if "md" in formats:
         body = f"# {name}: comparison\n\n"
         body += (to_markdown(headers, rows) + f"\n{FOOTNOTE}\n") if rows else "No finished cells yet.\n"
+        body += "".join(f"\n![{k}]({v.name})\n" for k, v in figures.items())
         path = store.root / "report.md"
         atomic_write_bytes(path, body.encode())
         written["md"] = path
