@@ -189,11 +189,11 @@ class RecipeRunner:
         method = cell.method
         with file_lock(folder / ".lock"):
             if not weights_ready(path):
-                params = {k: v for k, v in method.items() if k != "type"}
-                adapter = METHODS.build(method["type"], **params)
+                adapter = build_method(method)
                 train, val = self.target_split(cell)
                 job = AdaptJob(
-                    model=base, train_images=train, val_images=val, loss_fn=self.loss(),
+                    model=base, train_images=train, val_images=val,
+                    loss_fn=self.loss() if adapter.needs_loss else None,
                     batch_size=self.recipe.budget.batch_size, patch_size=self.recipe.budget.patch_size,
                     workdir=folder / "work", seed=cell.seed, device=self.device,
                 )
@@ -271,6 +271,7 @@ class RecipeRunner:
                 summary.skipped += 1
             else:
                 todo.append(cell)
+        self._prepare(todo)
         start = time.perf_counter()
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TimeElapsedColumn(), TimeRemainingColumn())
@@ -288,6 +289,19 @@ class RecipeRunner:
         summary.seconds = time.perf_counter() - start
         return summary
 
+    def _prepare(self, todo: list[Cell]) -> None:
+        """Fail before any training: check every dataset, metric and (if needed) the guide."""
+        for cell in todo:
+            self.dataset(cell.pretrain)
+            self.dataset(cell.target)
+        if todo:
+            for entry in self.recipe.benchmarks:
+                self.dataset(entry.spec())
+            self.metrics()
+        if any(not weights_ready(self.store.adapted_dir(c.adapt_id) / "model.safetensors")
+               and build_method(c.method).needs_loss for c in todo):
+            self.loss()
+
     def _write_run_files(self, cells: list[Cell]) -> None:
         root = self.store.root
         root.mkdir(parents=True, exist_ok=True)
@@ -298,6 +312,10 @@ class RecipeRunner:
         atomic_write_json(root / "manifest.json", {
             "recipe": self.recipe.name, "cells": [c.model_dump() for c in cells], **git_state(),
         })
+
+
+def build_method(spec: dict[str, Any]):
+    return METHODS.build(spec["type"], **{k: v for k, v in spec.items() if k != "type"})
 
 
 def load_sidecar(path: Path) -> dict[str, Any]:

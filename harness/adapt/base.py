@@ -25,7 +25,7 @@ class AdaptJob:
     model: nn.Module  # pretrained backbone (a DehazeNet), already on ``device``
     train_images: list[torch.Tensor]  # unlabeled target images, CHW float in [0, 1]
     val_images: list[torch.Tensor]  # held-out split for upper-level (gate) updates
-    loss_fn: LossFn
+    loss_fn: LossFn | None  # None only for methods whose ``needs_loss`` is False
     batch_size: int
     patch_size: int
     workdir: Path  # resumable state lives here; a rerun continues from it
@@ -44,5 +44,6 @@ class AdaptResult:
 
 class AdaptMethod(Protocol):
     name: str
+    needs_loss: bool  # False for methods that never call job.loss_fn (e.g. ``none``)
 
     def run(self, job: AdaptJob) -> AdaptResult: ...
