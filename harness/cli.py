@@ -67,7 +67,7 @@ def run_command(
     (run_dir).mkdir(parents=True, exist_ok=True)
     (run_dir / "command.txt").write_text(shlex.join(sys.argv) + "\n")
     summary = runner.run(force=force)
-    written = write_report(run_dir)
+    written = write_report(run_dir, baselines=spec.baselines)
     console.print(written["md"].read_text(), markup=False, highlight=False)
     console.print(
         f"[bold green]done[/] {len(summary.ran)} cell(s) run, {summary.skipped} already finished, "
@@ -110,8 +110,12 @@ def plan_command(
 def report_command(
     run_dir: Path = typer.Argument(..., help="a run folder written by `harness run`"),
     format: str = typer.Option("both", "--format", help="md, latex or both"),
+    baseline: Optional[List[Path]] = typer.Option(
+        None, "--baseline", help="published-numbers YAML to show beside ours (default: the recipe's baselines)"),
 ) -> None:
     """Write comparison tables from the records in RUN_DIR."""
+    import yaml
+
     from harness.report.tables import write_report
 
     if not (run_dir / "cells").is_dir():
@@ -119,7 +123,9 @@ def report_command(
     formats = {"md": ("md",), "latex": ("latex",), "both": ("md", "latex")}.get(format)
     if formats is None:
         raise HarnessError(f"unknown --format {format!r}", "use md, latex or both")
-    written = write_report(run_dir, formats)
+    if baseline is None and (run_dir / "recipe.yaml").is_file():
+        baseline = [Path(p) for p in (yaml.safe_load((run_dir / "recipe.yaml").read_text()) or {}).get("baselines", [])]
+    written = write_report(run_dir, formats, baselines=baseline)
     if "md" in written:
         console.print(written["md"].read_text(), markup=False, highlight=False)
     console.print("[bold green]wrote[/] " + ", ".join(str(p) for p in written.values()))

@@ -108,6 +108,7 @@ class Recipe(Strict):
     budget: Budget = Field(default_factory=Budget)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     on_corrupt: Literal["fail", "skip"] = "fail"
+    baselines: list[Path] = Field(default_factory=list)  # published numbers shown beside ours
 
     def run_dir(self) -> Path:
         return self.out if self.out is not None else Path("results") / self.name

@@ -55,3 +55,16 @@ def test_figures_from_sweep_and_two_backbones(tmp_path):
     for name in ("figure:cross_model", "figure:layer_number"):
         assert paths[name].stat().st_size > 5000
     assert "fig_layer_number.png" in paths["md"].read_text()
+
+
+def test_published_numbers_match_columns_case_insensitively(tmp_path):
+    from pathlib import Path
+
+    from harness.report.baselines import baselines_markdown, published_table, load_baseline
+
+    paper = Path(__file__).resolve().parents[1] / "baselines" / "bilalora_paper.yaml"
+    headers, rows = published_table(load_baseline(paper), ["rtts/fade", "rtts/psnr", "fattal/entropy"])
+    assert headers == ["Published", "rtts/fade", "fattal/entropy"]
+    ours = next(r for r in rows if r[0].startswith("BiLaLoRA (DEA) (Table 2"))
+    assert ours[1:] == ["0.752", "7.541"]
+    assert baselines_markdown([paper], ["hazy/psnr"]) == ""

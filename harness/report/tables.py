@@ -147,8 +147,14 @@ FOOTNOTE = ("FLOPs follow torch's FlopCounterMode (one multiply-add = 2 FLOPs; p
             "Train time is the adaptation time of the method.")
 
 
-def write_report(run_dir: str | Path, formats: tuple[str, ...] = ("md", "latex")) -> dict[str, Path]:
-    """Write ``report.md`` / ``report.tex`` into ``run_dir`` from its records; return the paths."""
+def write_report(run_dir: str | Path, formats: tuple[str, ...] = ("md", "latex"),
+                 baselines: list[Path] | None = None) -> dict[str, Path]:
+    """Write ``report.md`` / ``report.tex`` into ``run_dir`` from its records; return the paths.
+
+    ``baselines`` are published-number files shown beside ours where columns match.
+    """
+    from harness.report.baselines import baselines_markdown
+
     store = RunStore(run_dir)
     records = store.records()
     headers, rows, starts = comparison_table(records)
@@ -161,6 +167,8 @@ def write_report(run_dir: str | Path, formats: tuple[str, ...] = ("md", "latex")
         body = f"# {name}: comparison\n\n"
         body += (to_markdown(headers, rows) + f"\n{FOOTNOTE}\n") if rows else "No finished cells yet.\n"
         body += "".join(f"\n![{k}]({v.name})\n" for k, v in figures.items())
+        if baselines and records:
+            body += baselines_markdown(baselines, [c for c in records_frame(records).columns if "/" in c])
         path = store.root / "report.md"
         atomic_write_bytes(path, body.encode())
         written["md"] = path
