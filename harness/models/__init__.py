@@ -12,3 +12,10 @@ from harness.models.base import (  # noqa: F401
 )
 
 # Importing each backbone module registers it; add one line per backbone module.
+from harness.models import dea_net  # noqa: F401
+from harness.models import msbdn  # noqa: F401
+from harness.models import convir  # noqa: F401
+from harness.models import dehamer  # noqa: F401
+from harness.models import ffa_net  # noqa: F401
+from harness.models import aod_net  # noqa: F401
+from harness.models import grid_dehaze_net  # noqa: F401

@@ -105,3 +105,22 @@ def build_backbone(name: str, variant: str = "full", **kwargs) -> DehazeNet:
 
 def count_params(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def sites_under(model: nn.Module, *prefixes: str) -> list[str]:
+    """Qualified names of the Conv2d/Linear modules inside the submodules named by ``prefixes``."""
+    return [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, (nn.Conv2d, nn.Linear))
+        and any(name == p or name.startswith(p + ".") for p in prefixes)
+    ]
+
+
+def variant_config(backbone: str, configs: dict[str, dict], variant: str) -> dict:
+    """The builder keyword arguments of ``variant``, or a HarnessError listing the variants."""
+    if variant not in configs:
+        from harness.errors import HarnessError
+
+        raise HarnessError(f"unknown {backbone} variant {variant!r}", f"use one of: {', '.join(configs)}")
+    return configs[variant]

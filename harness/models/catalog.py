@@ -1,0 +1,105 @@
+"""``harness models``: every registered backbone variant, our size beside the published one.
+
+Models are built on the ``meta`` device (no memory, no arithmetic) where their code allows it, so
+counting FLOPs of the full-size networks at 256x256 takes about a second each on a CPU.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+import torch
+import typer
+from torch import nn
+
+from harness.metrics.efficiency import flops_256
+from harness.models.base import BACKBONE_CARDS, Published, build_backbone, count_params
+
+
+def _measure(name: str, variant: str, include_flops: bool) -> tuple[nn.Module, nn.Module, int | None]:
+    """Build the model, its deployed form and the latter's FLOPs, on ``meta`` where the
+    backbone's code allows it (code that needs real values, e.g. ``.item()``, falls back to CPU)."""
+    try:
+        with torch.device("meta"):
+            model = build_backbone(name, variant)
+            deployed = model.deploy()
+        return model, deployed, (flops_256(deployed, device="meta") if include_flops else None)
+    except Exception:  # noqa: BLE001 -- any failure on meta is retried with real tensors
+        model = build_backbone(name, variant)
+        deployed = model.deploy()
+        return model, deployed, (flops_256(deployed) if include_flops else None)
+
+
+def published_macs(pub: Published | None) -> float | None:
+    """The published compute as multiply-adds, whatever convention the paper used."""
+    if pub is None or pub.flops_256 is None:
+        return None
+    return pub.flops_256 / 2 if pub.flops_convention == "flops" else pub.flops_256
+
+
+def catalog_rows(include_flops: bool = True, names: Sequence[str] | None = None) -> list[dict]:
+    """One dict per registered backbone variant (optionally only the backbones in ``names``):
+    parameters and torch FLOPs/MACs at 256x256 of the deployed form (papers report that one),
+    LoRA site groups of the trainable form, and the published figures."""
+    rows = []
+    for name in sorted(BACKBONE_CARDS):
+        if names is not None and name not in names:
+            continue
+        for variant, pub in BACKBONE_CARDS[name].variants.items():
+            model, deployed, flops = _measure(name, variant, include_flops)
+            rows.append({
+                "name": name,
+                "variant": variant,
+                "params_total": count_params(deployed),
+                "flops_256": flops,
+                "macs_256": None if flops is None else flops // 2,
+                "sites": len(model.lora_sites()),
+                "published_params": pub.params if pub else None,
+                "published_flops_256": pub.flops_256 if pub else None,
+                "flops_convention": pub.flops_convention if pub else None,
+                "source": pub.source if pub else "",
+            })
+    return rows
+
+
+def deviation_pct(ours: float | None, published: float | None) -> float | None:
+    """(ours - published) / published in percent; None when either is unknown."""
+    if ours is None or not published:
+        return None
+    return 100.0 * (ours - published) / published
+
+
+def _fmt(value: float | None, scale: float, digits: int = 2) -> str:
+    return "-" if value is None else f"{value / scale:.{digits}f}"
+
+
+def _fmt_pct(value: float | None) -> str:
+    return "" if value is None else f"{value:+.1f}%"
+
+
+def models_command(
+    json_out: bool = typer.Option(False, "--json", help="print the rows as a JSON list instead of a table"),
+) -> None:
+    """List every backbone variant: params and MACs at 256x256, ours beside the published figures."""
+    rows = catalog_rows(include_flops=True)
+    if json_out:
+        print(json.dumps(rows, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="Backbones (MACs at 256x256; torch counts, published as reported)")
+    for col in ("backbone", "variant", "params M", "paper M", "dev", "MACs G", "paper G", "dev", "groups"):
+        table.add_column(col, justify="left" if col in ("backbone", "variant") else "right")
+    for r in rows:
+        pub_macs = published_macs(BACKBONE_CARDS[r["name"]].variants[r["variant"]])
+        table.add_row(
+            r["name"], r["variant"],
+            _fmt(r["params_total"], 1e6, 3), _fmt(r["published_params"], 1e6, 3),
+            _fmt_pct(deviation_pct(r["params_total"], r["published_params"])),
+            _fmt(r["macs_256"], 1e9), _fmt(pub_macs, 1e9),
+            _fmt_pct(deviation_pct(r["macs_256"], pub_macs)),
+            str(r["sites"]),
+        )
+    Console().print(table)
