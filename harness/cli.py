@@ -39,10 +39,10 @@ def command(name: str):
     return lambda fn: app.command(name)(one_line_errors(fn))
 
 
-def _load(recipe: Path, overrides: list[str] | None):
+def _load(recipe: Path, overrides: list[str] | None, check_paths: bool = True):
     from harness.recipe import load_recipe
 
-    return load_recipe(recipe, overrides)
+    return load_recipe(recipe, overrides, check_paths=check_paths)
 
 
 @command("run")
@@ -101,9 +101,13 @@ def plan_command(
     out: Optional[Path] = typer.Option(None, "--out", help="run folder to check for finished cells"),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="override, key.path=value (repeatable)"),
 ) -> None:
-    """List the cells RECIPE expands to, with their ids and which are done."""
-    spec = _load(recipe, set_)
+    """List the cells RECIPE expands to, with their ids and which are done (missing data only warns)."""
+    from harness.recipe import missing_paths
+
+    spec = _load(recipe, set_, check_paths=False)
     _print_plan(spec, out or spec.run_dir())
+    for key, folder in missing_paths(spec):
+        console.print(f"[yellow]warning:[/] {key}.root {folder} does not exist yet; `harness run` will stop there")
 
 
 @command("report")
@@ -129,6 +133,16 @@ def report_command(
     if "md" in written:
         console.print(written["md"].read_text(), markup=False, highlight=False)
     console.print("[bold green]wrote[/] " + ", ".join(str(p) for p in written.values()))
+
+
+def _register_plugin_commands() -> None:
+    """Commands whose functions live beside the code they drive."""
+    from harness.models.catalog import models_command
+
+    command("models")(models_command)
+
+
+_register_plugin_commands()
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 from harness.models import BACKBONE_CARDS, catalog
 from harness.models.catalog import catalog_rows, deviation_pct, models_command
 
-KEYS = {"name", "variant", "params_total", "flops_256", "macs_256", "sites", "published_params",
+KEYS = {"name", "variant", "params_total", "flops_256", "macs_256", "macs_256_thop", "sites", "published_params",
         "published_flops_256", "flops_convention", "source"}
 
 
@@ -30,14 +30,19 @@ def test_json_rows_cover_every_variant_with_real_figures():
     msbdn = by["msbdn", "full"]
     assert msbdn["params_total"] == 31_353_061 and msbdn["published_params"] == 31_350_000
     assert msbdn["macs_256"] == msbdn["flops_256"] // 2 and abs(msbdn["macs_256"] / 24.43e9 - 1) < 0.01
+    # the published 41.5 G is thop's count, which charges transposed convs per output pixel
+    assert msbdn["flops_convention"] == "thop" and abs(msbdn["macs_256_thop"] / 41.5e9 - 1) < 0.01
     assert by["dehamer", "tiny"]["published_params"] is None and by["dehamer", "full"]["sites"] == 17
 
 
 def test_table_shows_ours_beside_published_with_deviation(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
     monkeypatch.setattr(catalog, "catalog_rows", lambda include_flops=True: catalog_rows(include_flops, ["convir"]))
     out = run()
     line = next(l for l in out.splitlines() if "convir" in l and " s " in l)
-    assert "5.531" in line and "5.530" in line and "38.72" in line and "42.10" in line and "-8.0%" in line
+    # ConvIR's published MACs follow thop: compared with our thop-style 41.94 G, not the exact 38.72 G
+    assert "5.531" in line and "5.530" in line and "38.72" in line and "41.94" in line and "42.10" in line
+    assert "thop" in line and "-0.4%" in line
 
 
 def test_rows_without_flops_and_filtered():

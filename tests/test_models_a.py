@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.metrics.efficiency import flops_256
+from harness.metrics.efficiency import macs_256
 from harness.models import BACKBONE_CARDS, build_backbone, count_params
 
 NAMES = ["dea_net", "ffa_net", "aod_net", "grid_dehaze_net"]
@@ -73,36 +73,12 @@ def test_full_param_count_within_2_percent_of_published(name):
     assert abs(measured - published) / published < 0.02, measured
 
 
-def macs_256(model: nn.Module) -> tuple[int, int]:
-    """(MACs as torch counts them, MACs as thop counts them) of one 256x256 image, on meta.
-
-    thop charges a transposed conv ``in_channels x k x k`` per *output* pixel, four times the real
-    work at stride 2; papers quoting thop inherit that.
-    """
-    model = model.to("meta")
-    overcount = []
-
-    def hook(module, inputs, output):
-        taps = module.kernel_size[0] * module.kernel_size[1]
-        extra = (output.numel() * module.in_channels - inputs[0].numel() * module.out_channels) * taps
-        overcount.append(extra // module.groups)
-
-    for module in model.modules():
-        if isinstance(module, nn.ConvTranspose2d):
-            module.register_forward_hook(hook)
-    macs = flops_256(model, device="meta") // 2
-    return macs, macs + sum(overcount)
-
-
-# GridDehazeNet's published 21.4 G follows thop's convention (ours: 18.7 G + 2.7 G of overcount)
-THOP_PUBLISHED = {"grid_dehaze_net"}
-
-
 @pytest.mark.parametrize("name", NAMES)
 def test_full_macs_within_10_percent_of_published(name):
     published = BACKBONE_CARDS[name].variants["full"].flops_256
-    macs, thop_macs = macs_256(build_backbone(name, "full").deploy())
-    measured = thop_macs if name in THOP_PUBLISHED else macs
+    card = BACKBONE_CARDS[name].variants["full"]
+    macs, thop_macs = macs_256(build_backbone(name, "full").deploy().to("meta"), device="meta")
+    measured = thop_macs if card.flops_convention == "thop" else macs
     assert abs(measured - published) / published < 0.10, (macs, thop_macs)
 
 
@@ -194,7 +170,7 @@ def test_dea_net_keys_follow_the_official_layout():
 
 
 def test_dea_net_macs_explain_both_published_figures():
-    macs, thop_macs = macs_256(build_backbone("dea_net", "full").deploy())
+    macs, thop_macs = macs_256(build_backbone("dea_net", "full").deploy().to("meta"), device="meta")
     assert abs(macs / 1e9 - 32.2) < 0.1  # the paper's figure
     assert abs(thop_macs / 1e9 - 34.04) < 0.05  # thop's, with the two transposed convs overcounted
 

@@ -31,6 +31,28 @@ def flops_256(model: nn.Module, size: int = 256, device: torch.device | str = "c
     return int(counter.get_total_flops())
 
 
+def macs_256(model: nn.Module, size: int = 256, device: torch.device | str = "cpu") -> tuple[int, int]:
+    """(exact MACs, MACs as thop counts them) of one ``3 x size x size`` image.
+
+    thop charges a transposed conv ``in_channels x k x k`` per *output* pixel, four times the real
+    work at stride 2; papers that quote thop (MSBDN, GridDehazeNet, DEA-Net's 34.04 G) inherit it.
+    """
+    overcount: list[int] = []
+
+    def hook(module: nn.ConvTranspose2d, inputs, output) -> None:
+        taps = module.kernel_size[0] * module.kernel_size[1]
+        extra = (output.numel() * module.in_channels - inputs[0].numel() * module.out_channels) * taps
+        overcount.append(extra // module.groups)
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.ConvTranspose2d)]
+    try:
+        macs = flops_256(model, size=size, device=device) // 2
+    finally:
+        for h in handles:
+            h.remove()
+    return macs, macs + sum(overcount)
+
+
 def runtime_ms(model: nn.Module, size: int = 256, repeats: int = 5, warmup: int = 1,
                device: torch.device | str = "cpu") -> float:
     """Median wall time in ms of one forward pass on a ``3 x size x size`` image."""

@@ -24,7 +24,9 @@ class Published:
 
     params: int | None
     flops_256: float | None = None  # as published at 256x256
-    flops_convention: str = "macs"  # "macs" (multiply-adds, thop style) or "flops" (2 x MACs)
+    # "macs" (exact multiply-adds), "thop" (thop's multiply-adds: transposed convs overcounted,
+    # see efficiency.macs_256) or "flops" (2 x MACs)
+    flops_convention: str = "macs"
     source: str = ""
 
 

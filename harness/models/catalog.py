@@ -13,29 +13,34 @@ import torch
 import typer
 from torch import nn
 
-from harness.metrics.efficiency import flops_256
+from harness.metrics.efficiency import macs_256
 from harness.models.base import BACKBONE_CARDS, Published, build_backbone, count_params
 
 
-def _measure(name: str, variant: str, include_flops: bool) -> tuple[nn.Module, nn.Module, int | None]:
-    """Build the model, its deployed form and the latter's FLOPs, on ``meta`` where the
-    backbone's code allows it (code that needs real values, e.g. ``.item()``, falls back to CPU)."""
+def _measure(name: str, variant: str, include_flops: bool) -> tuple[nn.Module, nn.Module, tuple[int, int] | None]:
+    """Build the model, its deployed form and the latter's (exact, thop-style) MACs, on ``meta``
+    where the backbone's code allows it (code that needs real values falls back to CPU)."""
     try:
         with torch.device("meta"):
             model = build_backbone(name, variant)
             deployed = model.deploy()
-        return model, deployed, (flops_256(deployed, device="meta") if include_flops else None)
+        return model, deployed, (macs_256(deployed, device="meta") if include_flops else None)
     except Exception:  # noqa: BLE001 -- any failure on meta is retried with real tensors
         model = build_backbone(name, variant)
         deployed = model.deploy()
-        return model, deployed, (flops_256(deployed) if include_flops else None)
+        return model, deployed, (macs_256(deployed) if include_flops else None)
 
 
 def published_macs(pub: Published | None) -> float | None:
-    """The published compute as multiply-adds, whatever convention the paper used."""
+    """The published compute as multiply-adds, in the convention the paper used."""
     if pub is None or pub.flops_256 is None:
         return None
     return pub.flops_256 / 2 if pub.flops_convention == "flops" else pub.flops_256
+
+
+def comparable_macs(row: dict) -> int | None:
+    """Our MACs counted the way the published figure was (thop-style where the paper used thop)."""
+    return row["macs_256_thop"] if row["flops_convention"] == "thop" else row["macs_256"]
 
 
 def catalog_rows(include_flops: bool = True, names: Sequence[str] | None = None) -> list[dict]:
@@ -47,13 +52,14 @@ def catalog_rows(include_flops: bool = True, names: Sequence[str] | None = None)
         if names is not None and name not in names:
             continue
         for variant, pub in BACKBONE_CARDS[name].variants.items():
-            model, deployed, flops = _measure(name, variant, include_flops)
+            model, deployed, macs = _measure(name, variant, include_flops)
             rows.append({
                 "name": name,
                 "variant": variant,
                 "params_total": count_params(deployed),
-                "flops_256": flops,
-                "macs_256": None if flops is None else flops // 2,
+                "flops_256": None if macs is None else 2 * macs[0],
+                "macs_256": None if macs is None else macs[0],
+                "macs_256_thop": None if macs is None else macs[1],
                 "sites": len(model.lora_sites()),
                 "published_params": pub.params if pub else None,
                 "published_flops_256": pub.flops_256 if pub else None,
@@ -89,17 +95,21 @@ def models_command(
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="Backbones (MACs at 256x256; torch counts, published as reported)")
-    for col in ("backbone", "variant", "params M", "paper M", "dev", "MACs G", "paper G", "dev", "groups"):
-        table.add_column(col, justify="left" if col in ("backbone", "variant") else "right")
+    table = Table(title="Backbones at 256x256: parameters and multiply-adds, ours beside the published")
+    for col in ("backbone", "variant", "params M", "paper M", "dev", "MACs G", "thop G", "paper G", "as", "dev",
+                "groups"):
+        table.add_column(col, justify="left" if col in ("backbone", "variant", "as") else "right")
     for r in rows:
         pub_macs = published_macs(BACKBONE_CARDS[r["name"]].variants[r["variant"]])
         table.add_row(
             r["name"], r["variant"],
             _fmt(r["params_total"], 1e6, 3), _fmt(r["published_params"], 1e6, 3),
             _fmt_pct(deviation_pct(r["params_total"], r["published_params"])),
-            _fmt(r["macs_256"], 1e9), _fmt(pub_macs, 1e9),
-            _fmt_pct(deviation_pct(r["macs_256"], pub_macs)),
+            _fmt(r["macs_256"], 1e9), _fmt(r["macs_256_thop"], 1e9), _fmt(pub_macs, 1e9),
+            r["flops_convention"] or "", _fmt_pct(deviation_pct(comparable_macs(r), pub_macs)),
             str(r["sites"]),
         )
     Console().print(table)
+    Console().print("MACs: exact multiply-adds (torch FlopCounterMode / 2). thop: the same network counted as thop "
+                    "does (transposed convs charged per output pixel). dev compares with the published figure in "
+                    "its own convention (column 'as').")

@@ -266,9 +266,9 @@ _CONFIGS = {
 _CONFIGS["full"] = _CONFIGS[PAPER_VARIANT]
 _SOURCE = "Cui et al., TPAMI 2024; c-yn/ConvIR README table (params, FLOPs=MACs at 256x256)"
 _PUBLISHED = {
-    "s": Published(5_530_000, 42.1e9, "macs", _SOURCE),
-    "b": Published(8_630_000, 71.22e9, "macs", _SOURCE),
-    "l": Published(14_830_000, 129.34e9, "macs", _SOURCE),
+    "s": Published(5_530_000, 42.1e9, "thop", _SOURCE),
+    "b": Published(8_630_000, 71.22e9, "thop", _SOURCE),
+    "l": Published(14_830_000, 129.34e9, "thop", _SOURCE),
 }
 
 

@@ -130,7 +130,7 @@ _CONFIGS = {
     variants={
         # 21.4 G is thop's count, which charges each stride-2 transposed conv 4x its real work
         # (our count: 18.7 G); thop's parameter count (0.956 M) also misses the fusion weights
-        "full": Published(958_000, 21.4e9, "macs", "GridDehazeNet official repo; MACs by thop"),
+        "full": Published(958_000, 21.4e9, "thop", "GridDehazeNet official repo; MACs by thop"),
         "tiny": None,
     },
     multiple=1,

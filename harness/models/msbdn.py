@@ -208,7 +208,7 @@ _SOURCE = ("Dong et al., CVPR 2020; BookerDeWitt/MSBDN-DFF (31.35 M); 41.5 G MAC
 @register_backbone(
     "msbdn",
     variants={
-        "full": Published(31_350_000, 41.5e9, "macs", _SOURCE),
+        "full": Published(31_350_000, 41.5e9, "thop", _SOURCE),
         "tiny": None,
     },
     multiple=16,
