@@ -246,15 +246,25 @@ def _validate_entries(recipe: Recipe, path: Path, root: yaml.Node | None) -> Non
         raise HarnessError(f"{path}:{_line_of(root, ('guide',)) or '?'}: {err}") from None
 
 
-def _check_paths(recipe: Recipe, path: Path, root: yaml.Node | None) -> None:
-    """Every ``root:`` of a dataset must exist before any work starts."""
+def missing_paths(recipe: Recipe) -> list[tuple[str, Path]]:
+    """``(key, folder)`` for every dataset ``root:`` that does not exist, e.g. ``("benchmarks[1]", ...)``."""
+    missing = []
     for key in ("pretrain", "target", "benchmarks"):
         for i, entry in enumerate(getattr(recipe, key)):
             folder = entry.params.get("root")
             if folder is not None and not Path(folder).exists():
-                line = _line_of(root, (key, i, "root"))
-                raise HarnessError(f"{path}:{line}: {key}[{i}].root folder {folder} does not exist",
-                                   f"point {key}[{i}].root at the {entry.type} dataset folder")
+                missing.append((f"{key}[{i}]", Path(folder)))
+    return missing
+
+
+def _check_paths(recipe: Recipe, path: Path, root: yaml.Node | None) -> None:
+    """Every ``root:`` of a dataset must exist before any work starts."""
+    for key, folder in missing_paths(recipe)[:1]:
+        name, index = key[:-1].split("[")
+        line = _line_of(root, (name, int(index), "root"))
+        entry_type = getattr(recipe, name)[int(index)].type
+        raise HarnessError(f"{path}:{line}: {key}.root folder {folder} does not exist",
+                           f"point {key}.root at the {entry_type} dataset folder")
 
 
 # ---------------------------------------------------------------- grid expansion
