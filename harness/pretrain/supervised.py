@@ -66,6 +66,6 @@ def pretrain_supervised(
                 "schedule": schedule.state_dict(), "generator": generator.get_state(), "step": done,
             })
         if progress is not None:
-            progress(done, steps, {"l1": float(loss)})
+            progress(done, steps, {"l1": loss.item()})
     model.eval()
     return model
