@@ -1,0 +1,144 @@
+"""The guide: a CLIP image/text encoder pair, loaded from a cached tag, a local file or a config.
+
+Loading never downloads. A ``pretrained:`` tag is looked up where open_clip would have cached it
+(the Hugging Face hub cache or open_clip's URL cache); when it is not there, or a file path does
+not exist, a one-line error names the place and the recipe key ``guide.pretrained``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from harness.errors import HarnessError
+
+TINY_CONFIG = Path(__file__).with_name("harness-tiny-clip.json")
+TINY_MODEL = TINY_CONFIG.stem
+open_clip.add_model_config(TINY_CONFIG)
+
+
+@dataclass
+class Guide:
+    """A frozen CLIP model with its tokenizer and input convention."""
+
+    model: nn.Module
+    tokenizer: Callable[[list[str]], torch.Tensor]
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.model.eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """NCHW images in [0, 1] -> the model's input: resized, then normalised exactly once."""
+        x = F.interpolate(images, size=(self.image_size, self.image_size), mode="bilinear",
+                          align_corners=False, antialias=True)
+        mean = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+        return (x - mean) / std
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """Unit-norm embeddings of NCHW images in [0, 1] (gradients flow to ``images``)."""
+        return self.model.encode_image(self.preprocess(images), normalize=True)
+
+    @torch.no_grad()
+    def encode_text(self, texts: list[str]) -> torch.Tensor:
+        device = next(self.model.parameters()).device
+        return self.model.encode_text(self.tokenizer(texts).to(device), normalize=True)
+
+    def describe(self) -> dict[str, Any]:
+        return dict(self.info)
+
+
+def create_model(name: str, pretrained: str | None = None) -> nn.Module:
+    """``open_clip.create_model`` without its root-logger warning about random initialisation."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        return open_clip.create_model(name, pretrained=pretrained)
+    finally:
+        root.setLevel(level)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _looks_like_path(value: str) -> bool:
+    return os.sep in value or value.endswith((".pt", ".pth", ".bin", ".safetensors")) or Path(value).exists()
+
+
+def cached_tag_file(model: str, tag: str, cache_dir: Path | None = None) -> tuple[Path | None, list[Path]]:
+    """(the cached weights of ``model``/``tag`` or None, the places looked in)."""
+    cfg = open_clip.get_pretrained_cfg(model, tag)
+    if not cfg:
+        known = ", ".join(open_clip.list_pretrained_tags_by_model(model)) or "none"
+        raise HarnessError(f"open_clip has no pretrained tag {tag!r} for model {model!r} (known: {known})",
+                           "set guide.pretrained to one of those tags or to a local weights file")
+    looked: list[Path] = []
+    hub = cfg.get("hf_hub", "")
+    if hub:
+        from huggingface_hub import constants, try_to_load_from_cache
+
+        repo, filename = os.path.split(hub.rstrip("/")) if not hub.endswith("/") else (hub.rstrip("/"), "")
+        names = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+        hub_cache = Path(cache_dir) if cache_dir else Path(constants.HF_HUB_CACHE)
+        for name in names:
+            found = try_to_load_from_cache(repo, name, cache_dir=str(hub_cache))
+            looked.append(hub_cache / f"models--{repo.replace('/', '--')}" / name)
+            if isinstance(found, str):
+                return Path(found), looked
+    url = cfg.get("url", "")
+    if url:
+        url_cache = Path(cache_dir) if cache_dir else Path.home() / ".cache" / "clip"
+        candidate = url_cache / os.path.basename(url)
+        looked.append(candidate)
+        if candidate.is_file():
+            return candidate, looked
+    return None, looked
+
+
+def load_open_clip(model: str, pretrained: str | None, cache_dir: Path | None = None) -> Guide:
+    """An open_clip guide from a cached tag, a local weights file, or (``pretrained=None``) random weights."""
+    if model not in open_clip.list_models():
+        raise HarnessError(f"unknown open_clip model {model!r}", "set guide.model to a name from open_clip.list_models()")
+    if pretrained is None:
+        weights, source = None, "random init"
+    elif _looks_like_path(pretrained):
+        weights = Path(pretrained).expanduser()
+        if not weights.is_file():
+            raise HarnessError(f"guide weights {weights} not found",
+                               "set guide.pretrained to an existing open_clip weights file or a cached tag")
+        source = str(weights)
+    else:
+        weights, looked = cached_tag_file(model, pretrained, cache_dir)
+        if weights is None:
+            where = " or ".join(str(p) for p in looked)
+            raise HarnessError(f"guide weights for {model}/{pretrained} are not cached (looked in {where})",
+                               "copy them there, or set guide.pretrained to a local weights file")
+        source = f"{pretrained} ({weights})"
+    clip = create_model(model, pretrained=str(weights) if weights else None)
+    pre = open_clip.get_model_preprocess_cfg(clip)
+    size = pre.get("size", 224)
+    size = size[0] if isinstance(size, (tuple, list)) else size
+    info = {"type": "open_clip", "model": model, "pretrained": source,
+            "sha256": file_sha256(weights) if weights else None}
+    return Guide(clip, open_clip.get_tokenizer(model), int(size), tuple(pre["mean"]), tuple(pre["std"]), info)

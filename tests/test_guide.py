@@ -1,0 +1,130 @@
+"""Guide loading (no downloads, clear errors), the embedded guide cache, and the H2C loss by hand."""
+
+import time
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from harness.errors import HarnessError
+from harness.guide import build_guide
+from harness.guide.h2c import H2CLoss
+from harness.guide.model import TINY_MODEL, load_open_clip
+
+
+@pytest.fixture(scope="module")
+def guide():
+    torch.manual_seed(0)
+    return load_open_clip(TINY_MODEL, None)
+
+
+def hand_h2c(guide, out, inp, pos="a clear photo", neg="a photo with haze", mode="both"):
+    """The loss written out from its definition, with one resize + normalisation per image."""
+    mean = torch.tensor(guide.mean).view(1, 3, 1, 1)
+    std = torch.tensor(guide.std).view(1, 3, 1, 1)
+
+    def embed(x):
+        x = F.interpolate(x, size=(guide.image_size,) * 2, mode="bilinear", align_corners=False, antialias=True)
+        e = guide.model.encode_image((x - mean) / std)
+        return e / e.norm(dim=-1, keepdim=True)
+
+    tokens = guide.tokenizer([pos, neg])
+    t = guide.model.encode_text(tokens)
+    t = t / t.norm(dim=-1, keepdim=True)
+    d = {"both": t[0] - t[1], "positive": t[0], "negative": -t[1]}[mode]
+    delta = embed(out) - embed(inp)
+    cos = (delta @ d) / (delta.norm(dim=-1) * d.norm())
+    return (1 - cos).mean()
+
+
+@pytest.mark.parametrize("mode", ["both", "positive", "negative"])
+def test_h2c_equals_hand_computation(guide, mode):
+    g = torch.Generator().manual_seed(1)
+    inp = torch.rand(3, 3, 40, 52, generator=g)
+    out = (inp * 1.3 - 0.1).clamp(0, 1)
+    loss = H2CLoss(guide, mode=mode)(out, inp)
+    assert abs(loss.item() - hand_h2c(guide, out, inp, mode=mode).item()) < 1e-6
+    assert 0 <= loss.item() <= 2
+
+
+def test_modes_differ_and_double_normalisation_would_show(guide):
+    g = torch.Generator().manual_seed(2)
+    inp = torch.rand(2, 3, 32, 32, generator=g)
+    out = inp.flip(-1)
+    losses = {m: H2CLoss(guide, mode=m)(out, inp).item() for m in ("both", "positive", "negative")}
+    assert len({round(v, 6) for v in losses.values()}) == 3
+    # normalising the input a second time (the authors' defect) changes the loss: our single pass is what is tested
+    mean = torch.tensor(guide.mean).view(1, 3, 1, 1)
+    std = torch.tensor(guide.std).view(1, 3, 1, 1)
+    twice = H2CLoss(guide)((out - mean) / std, (inp - mean) / std).item()
+    assert abs(twice - losses["both"]) > 1e-4
+
+
+def test_identity_output_is_finite_and_gradients_reach_output_only(guide):
+    inp = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    out = inp.clone().requires_grad_(True)
+    loss = H2CLoss(guide)(out, inp)
+    loss.backward()
+    assert loss.item() == pytest.approx(1.0, abs=1e-6)
+    assert torch.isfinite(out.grad).all()
+    assert all(not p.requires_grad and p.grad is None for p in guide.model.parameters())
+    moved = (inp * 0.8).requires_grad_(True)
+    H2CLoss(guide)(moved, inp).backward()
+    assert moved.grad.abs().sum() > 0
+
+
+def test_missing_weights_file_names_path_and_key(tmp_path):
+    with pytest.raises(HarnessError) as err:
+        build_guide("open_clip", model="ViT-B-32", pretrained=str(tmp_path / "nope.pt"))
+    assert "nope.pt" in str(err.value) and "guide.pretrained" in str(err.value)
+
+
+def test_uncached_tag_names_the_cache_and_key(tmp_path):
+    with pytest.raises(HarnessError) as err:
+        build_guide("open_clip", model="ViT-B-32", pretrained="openai", cache_dir=tmp_path)
+    msg = str(err.value)
+    assert str(tmp_path) in msg and "guide.pretrained" in msg and "not cached" in msg
+    with pytest.raises(HarnessError, match="no pretrained tag 'nonsense'"):
+        build_guide("open_clip", model="ViT-B-32", pretrained="nonsense", cache_dir=tmp_path)
+
+
+def test_local_weights_file_loads(tmp_path, guide):
+    path = tmp_path / "tiny.pt"
+    torch.save(guide.model.state_dict(), path)
+    loaded = build_guide("open_clip", model=TINY_MODEL, pretrained=str(path))
+    assert loaded.info["pretrained"] == str(path) and len(loaded.info["sha256"]) == 64
+    x = torch.rand(1, 3, 64, 64)
+    assert torch.allclose(loaded.encode_image(x), guide.encode_image(x), atol=1e-6)
+
+
+def test_embedded_guide_trains_once_then_loads_from_cache(tmp_path):
+    first = build_guide("embedded", steps=3, cache_dir=tmp_path)
+    start = time.perf_counter()
+    second = build_guide("embedded", steps=3, cache_dir=tmp_path)
+    assert time.perf_counter() - start < 5
+    assert first.info["sha256"] == second.info["sha256"] and second.info["type"] == "embedded"
+    assert len(list((tmp_path / "guides").glob("*.safetensors"))) == 1
+    x = torch.rand(1, 3, 64, 64)
+    assert torch.allclose(first.encode_image(x), second.encode_image(x), atol=1e-6)
+
+
+@pytest.mark.slow
+def test_embedded_guide_separates_clear_from_hazy(shared_data):
+    from harness.data import synth
+    from harness.data.io import read_image, to_tensor
+
+    g = build_guide("embedded")
+    t_pos, t_neg = g.encode_text(["a clear photo", "a photo with haze"])
+    rng = np.random.default_rng(0)
+
+    def margin(arr):
+        e = g.encode_image(to_tensor(arr)[None])[0]
+        return float(e @ t_pos - e @ t_neg)
+
+    with torch.no_grad():
+        pairs = [(margin(c), margin(synth.asm_haze(c, rng)))
+                 for c in (read_image(p) for p in sorted((shared_data / "clean_kodak24").glob("*.png")))]
+        real = [margin(read_image(p)) for p in sorted((shared_data / "real_hazy").iterdir())]
+    assert np.mean([c > h for c, h in pairs]) >= 0.9
+    assert np.mean([[c > r for r in real] for c, _ in pairs]) >= 0.8
