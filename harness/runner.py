@@ -9,6 +9,7 @@ rank; file locks keep two ranks (or two runs) from training the same checkpoint 
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import shutil
 import time
@@ -28,12 +29,13 @@ from harness.data.sequence import ImageSequence
 from harness.errors import HarnessError
 from harness.metrics.base import Metric, build_metric
 from harness.metrics.efficiency import efficiency_figures, peak_memory
-from harness.models.base import build_backbone, count_params
+from harness.models.base import build_backbone
 from harness.pretrain.supervised import pretrain_supervised
 from harness.provenance import environment, git_state, package_versions
 from harness.recipe import Cell, Recipe, expand, stable_hash
 from harness.registry import DATASETS, METHODS
-from harness.store import RunStore, atomic_write_json, load_weights, save_weights, weights_ready
+from harness.store import (RunStore, atomic_write_bytes, atomic_write_json, file_sha256, load_weights, save_weights,
+                           sidecar, weights_ready)
 
 
 def dist_rank_world() -> tuple[int, int]:
@@ -204,6 +206,7 @@ class RecipeRunner:
                     result = adapter.run(job)
                 seconds = time.perf_counter() - start
                 self.progress.remove_task(task)
+                self._stamp_adapter(result.artifacts.get("adapter"), cell)
                 meta = {
                     "backbone": cell.backbone["type"], "variant": cell.backbone["variant"], "form": "deploy",
                     "method": method, "train_seconds": seconds, "peak_mem_mb": mem["peak_mem_mb"],
@@ -218,9 +221,21 @@ class RecipeRunner:
         meta = load_weights(path, model)
         return model.to(self.device).eval(), meta
 
+    def _stamp_adapter(self, adapter: Path | None, cell: Cell) -> None:
+        """Record in an adapter's sidecar which base checkpoint, backbone and guide it belongs to."""
+        if adapter is None or not sidecar(adapter).is_file():
+            return
+        base = self.store.pretrained_dir(cell.pretrain_id) / "model.safetensors"
+        meta = json.loads(sidecar(adapter).read_text())
+        bb = cell.backbone
+        meta.update({"backbone": bb["type"], "variant": bb["variant"],
+                     "options": {k: v for k, v in bb.items() if k not in ("type", "variant")},
+                     "base_sha256": file_sha256(base), "guide": self._guide_info, "method": cell.method})
+        atomic_write_json(sidecar(adapter), meta)
+
     def run_cell(self, cell: Cell) -> dict[str, Any]:
         base = self.pretrained(cell)
-        pretrain_meta = (self.store.pretrained_dir(cell.pretrain_id) / "model.safetensors.json")
+        pretrain_meta = sidecar(self.store.pretrained_dir(cell.pretrain_id) / "model.safetensors")
         model, meta = self.adapted(cell, base)
         benchmarks = {b.name: self.dataset(b.spec()) for b in self.recipe.benchmarks}
         means = score_model(
@@ -305,8 +320,6 @@ class RecipeRunner:
     def _write_run_files(self, cells: list[Cell]) -> None:
         root = self.store.root
         root.mkdir(parents=True, exist_ok=True)
-        from harness.store import atomic_write_bytes
-
         atomic_write_bytes(root / "recipe.yaml",
                            yaml.safe_dump(self.recipe.model_dump(mode="json"), sort_keys=False).encode())
         atomic_write_json(root / "manifest.json", {
@@ -319,6 +332,4 @@ def build_method(spec: dict[str, Any]):
 
 
 def load_sidecar(path: Path) -> dict[str, Any]:
-    import json
-
     return json.loads(path.read_text()) if path.is_file() else {}

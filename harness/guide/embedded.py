@@ -23,7 +23,8 @@ from rich.progress import Progress
 from safetensors.torch import load_file, save_file
 
 from harness.data import synth
-from harness.guide.model import TINY_MODEL, Guide, create_model, file_sha256
+from harness.guide.model import TINY_MODEL, Guide, create_model
+from harness.store import file_sha256
 
 # (class, captions, degradation) -- the captions include the default H2C prompts.
 CAPTION_CLASSES: list[tuple[str, tuple[str, ...]]] = [

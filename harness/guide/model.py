@@ -7,7 +7,6 @@ not exist, a one-line error names the place and the recipe key ``guide.pretraine
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.errors import HarnessError
+from harness.store import file_sha256
 
 TINY_CONFIG = Path(__file__).with_name("harness-tiny-clip.json")
 TINY_MODEL = TINY_CONFIG.stem
@@ -72,14 +72,6 @@ def create_model(name: str, pretrained: str | None = None) -> nn.Module:
         return open_clip.create_model(name, pretrained=pretrained)
     finally:
         root.setLevel(level)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _looks_like_path(value: str) -> bool:
