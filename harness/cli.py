@@ -137,9 +137,13 @@ def report_command(
 
 def _register_plugin_commands() -> None:
     """Commands whose functions live beside the code they drive."""
+    from harness.doctor import doctor_command
+    from harness.metrics.evaluate import eval_command
     from harness.models.catalog import models_command
 
+    command("eval")(eval_command)
     command("models")(models_command)
+    command("doctor")(doctor_command)
 
 
 _register_plugin_commands()
