@@ -1,13 +1,12 @@
 """``harness doctor`` reports where weights are looked for, and notices them when they appear."""
 
-import torch
+
 
 from harness.doctor import checks
 
 
 def test_doctor_finds_musiq_weights_in_the_pyiqa_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    torch.hub.set_dir(str(tmp_path / "hub"))
     rows = {item: (status, detail) for item, status, detail in checks()}
     status, detail = rows["MUSIQ (koniq10k)"]
     assert status == "absent" and str(tmp_path / "hub" / "pyiqa") in detail and "metrics.musiq.weights" in detail
