@@ -147,6 +147,17 @@ def _normalise_lists(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
+def _parse_value(raw: str) -> Any:
+    """YAML value, but ``1e-3`` is a number (YAML 1.1 would read it as a string)."""
+    value = yaml.safe_load(raw)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``key.path=value`` overrides (values parsed as YAML; list items by index)."""
     for item in overrides:
@@ -164,7 +175,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             elif not isinstance(node, dict):
                 raise HarnessError(f"override {dotted!r}: {'.'.join(keys[:i])!r} is not a mapping")
             if last:
-                node[key] = yaml.safe_load(raw)
+                node[key] = _parse_value(raw)
             else:
                 if isinstance(node, dict) and key not in node:
                     node[key] = {}
@@ -230,7 +241,9 @@ def _validate_entries(recipe: Recipe, path: Path, root: yaml.Node | None) -> Non
             params = entry.spec() if key == "backbones" else entry.params
             params.pop("type", None)
             try:
-                registry.validate(entry.type, params, where=f"{key}[{i}]")
+                coerced = registry.validate(entry.type, params, where=f"{key}[{i}]")
+                # keep the typed values (YAML reads 1e-4 as a string) for the keys the recipe gave
+                entry.__pydantic_extra__.update({k: coerced[k] for k in entry.params if k in coerced})
                 if isinstance(entry, MethodEntry):
                     for name, values in entry.sweep.items():
                         for v in values:

@@ -107,3 +107,10 @@ def test_overrides_parse_yaml_values():
         apply_overrides(data, ["methods.5.lr=1"])
     with pytest.raises(HarnessError, match="key.path=value"):
         apply_overrides(data, ["budget.batch_size"])
+
+
+def test_scientific_notation_becomes_numbers(base, tmp_path):
+    base["methods"][1]["lr"] = "1e-4"  # what YAML 1.1 makes of `lr: 1e-4`
+    recipe = load_recipe(write(tmp_path, base))
+    assert recipe.methods[1].params["lr"] == 1e-4
+    assert expand(recipe)[1].method["lr"] == 1e-4

@@ -2,18 +2,22 @@
 
 Reads any format Pillow decodes (PNG, JPEG, BMP, TIFF, ...) by sniffing the bytes, applies EXIF
 orientation, drops alpha, expands grayscale, and scales 8/16-bit and float data to [0, 1].
+Pillow truncates 16-bit colour PNGs to 8 bits, so those are decoded with OpenCV (a pyiqa dependency).
 A file that cannot be decoded raises a one-line :class:`HarnessError` naming it.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from harness.errors import HarnessError
+
+if TYPE_CHECKING:
+    import torch
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
@@ -23,15 +27,43 @@ def read_image(path: str | Path) -> np.ndarray:
     path = Path(path)
     try:
         with Image.open(path) as im:
+            if im.format == "PNG" and _png_is_16bit_colour(path):
+                return _orient(_read_png16(path), im.getexif().get(_ORIENTATION, 1))
             im.load()
             im = ImageOps.exif_transpose(im)
             arr = _to_rgb_float(im)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise HarnessError(
             f"cannot decode image {path}: {err.__class__.__name__}",
             "replace or delete the file, or set data.on_corrupt: skip in the recipe",
         ) from None
     return arr
+
+
+_ORIENTATION = 0x0112
+
+
+def _png_is_16bit_colour(path: Path) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(26)  # signature (8) + IHDR length/type (8) + width/height (8) + depth + colour type
+    return len(head) == 26 and head[24] == 16 and head[25] in (2, 6)
+
+
+def _read_png16(path: Path) -> np.ndarray:
+    import cv2
+
+    data = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    if data is None or data.ndim != 3:
+        raise ValueError("16-bit PNG could not be decoded")
+    return np.ascontiguousarray(data[..., 2::-1]).astype(np.float32) / 65535.0  # BGR(A) -> RGB
+
+
+def _orient(arr: np.ndarray, orientation: int) -> np.ndarray:
+    """Apply an EXIF orientation tag (1..8) to an HxWxC array."""
+    ops = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+           5: lambda a: a.transpose(1, 0, 2), 6: lambda a: np.rot90(a, -1), 7: lambda a: np.rot90(a, -1)[::-1],
+           8: lambda a: np.rot90(a, 1)}
+    return np.ascontiguousarray(ops[orientation](arr)) if orientation in ops else arr
 
 
 def _to_rgb_float(im: Image.Image) -> np.ndarray:
@@ -50,6 +82,8 @@ def _to_rgb_float(im: Image.Image) -> np.ndarray:
 
 def to_tensor(arr: np.ndarray) -> torch.Tensor:
     """HxWx3 float array -> 3xHxW float tensor."""
+    import torch  # lazily: evaluation workers scoring with numpy-only metrics start faster without it
+
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
 
 
