@@ -137,6 +137,7 @@ def report_command(
 
 def _register_plugin_commands() -> None:
     """Commands whose functions live beside the code they drive."""
+    from harness.dehaze import dehaze_command
     from harness.doctor import doctor_command
     from harness.metrics.evaluate import eval_command
     from harness.models.catalog import models_command
@@ -144,6 +145,7 @@ def _register_plugin_commands() -> None:
     command("eval")(eval_command)
     command("models")(models_command)
     command("doctor")(doctor_command)
+    command("dehaze")(dehaze_command)
 
 
 _register_plugin_commands()

@@ -8,8 +8,10 @@ own multiple. Every input file gets one PNG output with the same stem (and same 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import torch
+import typer
 from torch import nn
 
 from harness.data.io import read_image, to_array, to_tensor, write_image
@@ -100,3 +102,29 @@ def dehaze_folder(model: nn.Module, input_dir: Path, output_dir: Path, tile: int
         if progress is not None:
             progress(i + 1, len(files), {})
     return written
+
+
+def dehaze_command(
+    input_dir: Path = typer.Argument(..., help="folder of hazy images (any format, decoded by content)"),
+    output_dir: Path = typer.Argument(..., help="where restored PNGs go, one per input, same size"),
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="model.safetensors written by `harness run`"),
+    adapter: Optional[Path] = typer.Option(None, "--adapter", help="adapter.safetensors to merge first"),
+    tile: int = typer.Option(1024, "--tile", help="largest side restored in one pass; larger images are tiled"),
+    overlap: int = typer.Option(32, "--overlap", help="tile overlap in pixels, blended linearly"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]"),
+) -> None:
+    """Restore every image in INPUT_DIR at full resolution into OUTPUT_DIR."""
+    from rich.progress import Progress
+
+    from harness.runner import resolve_device
+
+    model, _ = load_checkpoint(checkpoint, resolve_device(device))
+    if adapter is not None:
+        from harness.adapt.adapter_io import apply_adapter
+
+        apply_adapter(model, adapter, base_checkpoint=checkpoint)
+    with Progress() as bar:
+        task = bar.add_task("dehazing", total=None)
+        written = dehaze_folder(model, input_dir, output_dir, tile=tile, overlap=overlap,
+                                progress=lambda done, total, _: bar.update(task, completed=done, total=total))
+    print(f"wrote {len(written)} image(s) to {output_dir}")
