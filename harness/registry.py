@@ -7,6 +7,7 @@ pydantic model (unknown keys forbidden, types checked) so a recipe is validated 
 from __future__ import annotations
 
 import inspect
+import typing
 from typing import Any, Callable
 
 import pydantic
@@ -52,6 +53,7 @@ class Registry:
         """A pydantic model of the builder's keyword parameters (extra keys forbidden)."""
         if name not in self._models:
             fn = self.get(name)
+            hints = typing.get_type_hints(fn)  # resolves string annotations (PEP 563)
             fields: dict[str, Any] = {}
             extra = "forbid"
             for p in inspect.signature(fn).parameters.values():
@@ -60,7 +62,7 @@ class Registry:
                     continue
                 if p.kind in (p.VAR_POSITIONAL, p.POSITIONAL_ONLY) or p.name.startswith("_"):
                     continue
-                annotation = Any if p.annotation is p.empty else p.annotation
+                annotation = hints.get(p.name, Any)
                 default = ... if p.default is p.empty else p.default
                 fields[p.name] = (annotation, default)
             config = pydantic.ConfigDict(extra=extra, arbitrary_types_allowed=True)

@@ -17,10 +17,10 @@ from harness.store import RunStore, atomic_write_bytes
 AXES = ("backbone", "pretrain", "target", "method")
 METRIC_NAMES = {"fade": "FADE", "entropy": "Entropy", "psnr": "PSNR", "ssim": "SSIM", "musiq": "MUSIQ",
                 "biqme": "BIQME"}
-EFFICIENCY = [  # (record key, header, scale, digits)
+EFFICIENCY = [  # (record key, header, scale, digits; None = whole number with separators)
     ("train_seconds", "Train time (s)", 1.0, 1),
     ("params_total", "Params (M)", 1e-6, 3),
-    ("params_trainable", "Trainable (M)", 1e-6, 3),
+    ("params_trainable", "Trainable", 1.0, None),
     ("flops_256", "FLOPs@256 (G)", 1e-9, 2),
     ("runtime_ms_256", "Runtime@256 (ms)", 1.0, 1),
     ("peak_mem_mb", "Peak mem (MB)", 1.0, 0),
@@ -107,7 +107,10 @@ def comparison_table(records: list[dict[str, Any]]) -> tuple[list[str], list[lis
         for col, _, scale, digits in EFFICIENCY:
             if col in eff_cols:
                 value = row[col]
-                cells.append("n/a" if pd.isna(value) else f"{value * scale:.{digits}f}")
+                if pd.isna(value):
+                    cells.append("n/a")
+                else:
+                    cells.append(f"{value * scale:,.0f}" if digits is None else f"{value * scale:.{digits}f}")
         rows.append(cells)
     return headers, rows, starts
 

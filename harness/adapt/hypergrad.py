@@ -1,0 +1,40 @@
+"""First-order hypergradient for bilevel layer positioning.
+
+Lower level: LoRA weights ``w`` minimise ``f(w, a)`` on the training split. Upper level: gates
+``a`` minimise ``F(w*(a), a)`` on the validation split. The implicit function theorem gives
+
+    dF/da = d_a F - H_aw H_ww^{-1} d_w F,      H_ww = d2f/dw2,  H_aw = d2f/(da dw).
+
+Replacing both Hessian blocks by outer products of first derivatives (Gauss-Newton style:
+``H_ww ~ g g^T``, ``H_aw ~ (d_a f) g^T`` with ``g = d_w f``) and using the pseudo-inverse
+``(g g^T)^+ = g g^T / |g|^4`` collapses the correction to a rank-one term:
+
+    h = d_a F - (<d_w F, d_w f> / |d_w f|^2) * d_a f.
+
+The minus sign comes straight from the theorem (the authors' code flips it and multiplies the
+term by the learning rate). Every gradient is taken with ``torch.autograd.grad`` so nothing stale
+in ``.grad`` leaks in. With B = 0 at the start, ``d_a f = d_a F = 0`` exactly (the branch output
+is zero whatever the gate), so callers warm the LoRA weights up before the first gate update.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _grads(loss: torch.Tensor, params: list[torch.Tensor]) -> list[torch.Tensor]:
+    grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+    return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+
+
+def hypergradient(lower_loss: torch.Tensor, upper_loss: torch.Tensor, w: list[torch.Tensor],
+                  a: list[torch.Tensor], eps: float = 1e-12) -> list[torch.Tensor]:
+    """``d_a F - (<d_w F, d_w f> / |d_w f|^2) d_a f`` for the lower loss f and upper loss F."""
+    gw_f = _grads(lower_loss, w)
+    ga_f = _grads(lower_loss, a)
+    gw_F = _grads(upper_loss, w)
+    ga_F = _grads(upper_loss, a)
+    dot = sum((x * y).sum() for x, y in zip(gw_F, gw_f))
+    norm2 = sum((x * x).sum() for x in gw_f)
+    coef = dot / (norm2 + eps)
+    return [gF - coef * gf for gF, gf in zip(ga_F, ga_f)]

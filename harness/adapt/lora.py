@@ -1,0 +1,157 @@
+"""Gated LoRA for Conv2d and Linear: ``y = base(x) + sigmoid(g) * (alpha / r) * B(A(x))``.
+
+Why our own rather than peft: peft's scaling is a plain float (we need a learnable gate shared by
+a group of layers), its conv branch ignores dilation and padding mode (DEA-Net uses reflect
+padding), and it drags in transformers. ``A`` copies the base conv's geometry (kernel, stride,
+padding, dilation, padding mode) into ``rank`` channels and ``B`` is a 1x1 conv initialised to
+zero, so the branch composes exactly into one conv weight and merging is lossless.
+"""
+
+from __future__ import annotations
+
+import math
+from fnmatch import fnmatch
+
+import torch
+from torch import nn
+
+from harness.errors import HarnessError
+
+
+class GatedLoRA(nn.Module):
+    """A frozen base layer plus a gated low-rank branch (``lora_A`` then ``lora_B``)."""
+
+    def __init__(self, base: nn.Module, gate: nn.Parameter, rank: int, alpha: float):
+        super().__init__()
+        if isinstance(base, nn.Conv2d):
+            if base.groups != 1:
+                raise HarnessError(f"LoRA on a grouped conv (groups={base.groups}) is not supported",
+                                   "leave grouped/depthwise convs out of the LoRA sites")
+            self.lora_A = nn.Conv2d(base.in_channels, rank, base.kernel_size, base.stride, base.padding,
+                                    base.dilation, bias=False, padding_mode=base.padding_mode)
+            self.lora_B = nn.Conv2d(rank, base.out_channels, 1, bias=False)
+        elif isinstance(base, nn.Linear):
+            self.lora_A = nn.Linear(base.in_features, rank, bias=False)
+            self.lora_B = nn.Linear(rank, base.out_features, bias=False)
+        else:
+            raise HarnessError(f"LoRA supports Conv2d and Linear, not {type(base).__name__}",
+                               "name only Conv2d/Linear modules as LoRA sites")
+        nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
+        nn.init.zeros_(self.lora_B.weight)
+        self.lora_A.to(base.weight)
+        self.lora_B.to(base.weight)
+        self.base = base
+        self.gate = gate
+        self.scale = alpha / rank
+        self.enabled = True
+        self.merged = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base(x)
+        if self.enabled and not self.merged:
+            y = y + torch.sigmoid(self.gate) * self.scale * self.lora_B(self.lora_A(x))
+        return y
+
+    def delta_weight(self) -> torch.Tensor:
+        """The branch as one weight of the base's shape (including the gate and scale)."""
+        b = self.lora_B.weight.flatten(1)  # (out, r)
+        a = self.lora_A.weight
+        delta = b @ a if a.dim() == 2 else torch.einsum("or,rikl->oikl", b, a)
+        return torch.sigmoid(self.gate) * self.scale * delta
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        if self.merged:
+            return
+        delta = self.delta_weight()
+        if not torch.isfinite(delta).all():
+            raise HarnessError("LoRA branch has NaN/inf weights; refusing to merge", "lower the adaptation lr")
+        self.base.weight += delta
+        self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        if self.merged:
+            self.base.weight -= self.delta_weight()
+            self.merged = False
+
+
+def _parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+    parent_name, _, attr = name.rpartition(".")
+    return (model.get_submodule(parent_name) if parent_name else model), attr
+
+
+def select_sites(model: nn.Module, patterns: list[str] | None = None) -> dict[str, list[str]]:
+    """The model's candidate site groups whose names match any of ``patterns`` (all when None)."""
+    sites = model.lora_sites()
+    if patterns is None:
+        return sites
+    chosen = {}
+    for pattern in patterns:
+        hits = {g: n for g, n in sites.items() if fnmatch(g, pattern)}
+        if not hits:
+            raise HarnessError(f"LoRA site pattern {pattern!r} matches no site group",
+                               f"use group names or patterns of: {', '.join(sites)}")
+        chosen.update(hits)
+    return {g: sites[g] for g in sites if g in chosen}
+
+
+def inject_lora(model: nn.Module, sites: dict[str, list[str]], rank: int, alpha: float,
+                gate_init: float = 0.0) -> dict[str, nn.Parameter]:
+    """Wrap every named module in a GatedLoRA (one gate per group); freeze the base. Returns the gates."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    gates = {}
+    for group, names in sites.items():
+        first = model.get_submodule(names[0])
+        gate = nn.Parameter(torch.full((), gate_init, device=first.weight.device))
+        for name in names:
+            parent, attr = _parent(model, name)
+            base = getattr(parent, attr)
+            if isinstance(base, GatedLoRA):
+                raise HarnessError(f"{name} already carries a LoRA branch", "name each module in one site group only")
+            setattr(parent, attr, GatedLoRA(base, gate, rank, alpha))
+        gates[group] = gate
+    return gates
+
+
+def lora_modules(model: nn.Module) -> dict[str, GatedLoRA]:
+    return {name: m for name, m in model.named_modules() if isinstance(m, GatedLoRA)}
+
+
+def lora_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The low-rank weights (A and B) of every branch: the lower-level variables."""
+    return [p for m in lora_modules(model).values() for p in (m.lora_A.weight, m.lora_B.weight)]
+
+
+def gate_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The distinct gates: the upper-level variables."""
+    seen: dict[int, nn.Parameter] = {}
+    for m in lora_modules(model).values():
+        seen.setdefault(id(m.gate), m.gate)
+    return list(seen.values())
+
+
+def set_adapters_enabled(model: nn.Module, enabled: bool) -> None:
+    for m in lora_modules(model).values():
+        m.enabled = enabled
+
+
+def remove_lora(model: nn.Module, names: list[str] | None = None, merge: bool = True) -> nn.Module:
+    """Replace branches by their base layer, merged into it (``merge``) or dropped."""
+    for name, module in lora_modules(model).items():
+        if names is not None and name not in names:
+            continue
+        if merge:
+            module.merge()
+        parent, attr = _parent(model, name)
+        setattr(parent, attr, module.base)
+    if not lora_modules(model):
+        for p in model.parameters():
+            p.requires_grad_(True)
+    return model
+
+
+def merge_lora(model: nn.Module) -> nn.Module:
+    """Fold every branch into its base: a plain model with the base's parameters and FLOPs."""
+    return remove_lora(model, merge=True)

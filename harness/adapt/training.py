@@ -1,0 +1,56 @@
+"""The training loop every adaptation method shares: Adam on given parameters, resumable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from harness.adapt.base import LossFn, ProgressFn
+from harness.data.patches import sample_patches
+from harness.errors import HarnessError
+from harness.store import atomic_torch_save
+
+
+def finite_or_fail(loss: torch.Tensor, step: int, what: str) -> None:
+    if not torch.isfinite(loss):
+        raise HarnessError(f"{what} loss is {loss.item()} at step {step}", "lower the method's lr in the recipe")
+
+
+def train_steps(model: nn.Module, params: list[nn.Parameter], images: Sequence[torch.Tensor], loss_fn: LossFn,
+                steps: int, lr: float, batch_size: int, patch_size: int, seed: int, state_path: Path,
+                progress: ProgressFn | None = None, checkpoint_every: int = 25, device: torch.device | None = None,
+                on_step: Callable[[int], None] | None = None) -> None:
+    """Minimise ``loss_fn(model(x), x)`` over ``params`` on random patches of ``images``.
+
+    State (model weights, optimiser, step, RNG) is saved every ``checkpoint_every`` steps to
+    ``state_path``; a rerun with the same path continues from there.
+    """
+    device = device or next(model.parameters()).device
+    optimiser = torch.optim.Adam(params, lr=lr)
+    generator = torch.Generator().manual_seed(seed)
+    start = 0
+    if state_path.is_file():
+        state = torch.load(state_path, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimiser.load_state_dict(state["optimiser"])
+        generator.set_state(state["generator"])
+        start = state["step"]
+    model.train()
+    for step in range(start, steps):
+        x, _ = sample_patches(images, batch_size, patch_size, generator)
+        x = x.to(device)
+        loss = loss_fn(model(x), x)
+        finite_or_fail(loss, step, "adaptation")
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        done = step + 1
+        if done % checkpoint_every == 0 and done < steps:
+            atomic_torch_save(state_path, {"model": model.state_dict(), "optimiser": optimiser.state_dict(),
+                                           "generator": generator.get_state(), "step": done})
+        if progress is not None:
+            progress(done, steps, {"h2c": loss.item()})
+    model.eval()
