@@ -1,0 +1,62 @@
+"""Adapters as files: load one onto a base model (refusing a mismatched base) and switch cheaply.
+
+An adapter is ``adapter.safetensors`` (``<module>.lora_A``, ``<module>.lora_B``, ``gate.<group>``)
+with a JSON sidecar (sites, rank, alpha, gates, backbone, the base checkpoint's sha256, guide).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from harness.adapt.lora import inject_lora, lora_modules, merge_lora
+from harness.errors import HarnessError
+from harness.store import file_sha256, sidecar
+
+
+def read_adapter(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    path = Path(path)
+    if not path.is_file() or not sidecar(path).is_file():
+        raise HarnessError(f"adapter {path} (or its {sidecar(path).name}) not found",
+                           "pass an adapter.safetensors written by `harness run` (RUN_DIR/adapted/<id>/)")
+    return json.loads(sidecar(path).read_text()), load_file(str(path))
+
+
+@torch.no_grad()
+def apply_adapter(model: nn.Module, path: Path, base_checkpoint: Path | None = None) -> nn.Module:
+    """Merge the adapter at ``path`` into ``model`` (in place); a different base is refused."""
+    meta, tensors = read_adapter(path)
+    if base_checkpoint is not None and meta.get("base_sha256"):
+        if file_sha256(Path(base_checkpoint)) != meta["base_sha256"]:
+            raise HarnessError(f"adapter {path} was trained on another base checkpoint than {base_checkpoint}",
+                               "pass the --checkpoint the adapter was trained from (its sha256 is in the adapter's .json)")
+    inject_lora(model, meta["sites"], meta["rank"], meta["alpha"])
+    for name, module in lora_modules(model).items():
+        module.lora_A.weight.copy_(tensors[f"{name}.lora_A"])
+        module.lora_B.weight.copy_(tensors[f"{name}.lora_B"])
+    for group, names in meta["sites"].items():
+        lora_modules(model)[names[0]].gate.copy_(tensors[f"gate.{group}"].reshape(()))
+    return merge_lora(model).eval()
+
+
+class AdapterSwitch:
+    """One loaded base, many adapters: switching restores the base weights in memory, then merges."""
+
+    def __init__(self, model: nn.Module, base_checkpoint: Path | None = None):
+        self.model = model
+        self.base_checkpoint = base_checkpoint
+        self._base = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self.active: Path | None = None
+
+    @torch.no_grad()
+    def use(self, adapter: Path | None) -> nn.Module:
+        """Make ``adapter`` (or none) the active one; no disk read of the base."""
+        self.model.load_state_dict(self._base)
+        if adapter is not None:
+            apply_adapter(self.model, adapter, self.base_checkpoint)
+        self.active = adapter
+        return self.model
