@@ -57,9 +57,24 @@ class BackboneEntry(Entry):
         return {"type": self.type, "variant": self.variant, **self.params}
 
 
+class H2COverride(Strict):
+    """Per-method change of the H2C loss (the positive-/negative-only ablations, other prompts)."""
+
+    mode: Literal["both", "positive", "negative"] | None = None
+    positive: str | None = None
+    negative: str | None = None
+
+
 class MethodEntry(Entry):
     # sweep: {param: [values]} expands into one cell per combination (e.g. top_k: [1, 2, 3])
     sweep: dict[str, list[Any]] = Field(default_factory=dict)
+    h2c: H2COverride | None = None
+
+    def spec(self) -> dict[str, Any]:
+        spec = {"type": self.type, **self.params}
+        if self.h2c is not None:
+            spec["h2c"] = self.h2c.model_dump(exclude_none=True)
+        return spec
 
 
 class MetricEntry(Entry):

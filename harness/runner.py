@@ -83,8 +83,8 @@ class RecipeRunner:
         self.device = resolve_device(recipe.device)
         self._datasets: dict[str, Any] = {}
         self._metrics: dict[str, Metric | None] | None = None
-        self._loss = None
-        self._guide_info: dict[str, Any] | None = None
+        self._guide = None
+        self._losses: dict[str, Any] = {}
         self.progress: Progress | None = None
 
     # ------------------------------------------------------------ shared resources
@@ -110,17 +110,28 @@ class RecipeRunner:
                     self._metrics[entry.name] = None
         return self._metrics
 
-    def loss(self):
-        """The H2C loss with the recipe's guide and prompts, built on first use."""
-        if self._loss is None:
-            from harness.guide import build_guide
-            from harness.guide.h2c import H2CLoss
+    def h2c_settings(self, method: dict[str, Any]) -> dict[str, str]:
+        """The recipe's prompts and mode, with the method's ``h2c:`` overrides applied."""
+        g = self.recipe.guide
+        return {"positive": g.positive, "negative": g.negative, "mode": g.mode, **method.get("h2c", {})}
 
+    def _guide_or_build(self):
+        from harness.guide import build_guide
+
+        if self._guide is None:
             g = self.recipe.guide
-            guide = build_guide(g.type, **g.params)
-            self._loss = H2CLoss(guide, positive=g.positive, negative=g.negative, mode=g.mode).to(self.device)
-            self._guide_info = {**guide.describe(), "positive": g.positive, "negative": g.negative, "mode": g.mode}
-        return self._loss
+            self._guide = build_guide(g.type, **g.params)
+        return self._guide
+
+    def loss(self, method: dict[str, Any]):
+        """The H2C loss for ``method`` (guide built once; one loss per prompt/mode setting)."""
+        from harness.guide.h2c import H2CLoss
+
+        settings = self.h2c_settings(method)
+        key = stable_hash(settings)
+        if key not in self._losses:
+            self._losses[key] = H2CLoss(self._guide_or_build(), **settings).to(self.device)
+        return self._losses[key]
 
     def _task(self, description: str, total: int):
         assert self.progress is not None
@@ -192,10 +203,12 @@ class RecipeRunner:
         with file_lock(folder / ".lock"):
             if not weights_ready(path):
                 adapter = build_method(method)
+                guide_info = ({**self._guide_or_build().describe(), **self.h2c_settings(method)}
+                              if adapter.needs_loss else None)
                 train, val = self.target_split(cell)
                 job = AdaptJob(
                     model=base, train_images=train, val_images=val,
-                    loss_fn=self.loss() if adapter.needs_loss else None,
+                    loss_fn=self.loss(method) if adapter.needs_loss else None,
                     batch_size=self.recipe.budget.batch_size, patch_size=self.recipe.budget.patch_size,
                     workdir=folder / "work", seed=cell.seed, device=self.device,
                 )
@@ -206,11 +219,11 @@ class RecipeRunner:
                     result = adapter.run(job)
                 seconds = time.perf_counter() - start
                 self.progress.remove_task(task)
-                self._stamp_adapter(result.artifacts.get("adapter"), cell)
+                self._stamp_adapter(result.artifacts.get("adapter"), cell, guide_info)
                 meta = {
                     "backbone": cell.backbone["type"], "variant": cell.backbone["variant"], "form": "deploy",
                     "method": method, "train_seconds": seconds, "peak_mem_mb": mem["peak_mem_mb"],
-                    "params_trainable": result.params_trainable, "info": result.info, "guide": self._guide_info,
+                    "params_trainable": result.params_trainable, "info": result.info, "guide": guide_info,
                     "artifacts": {k: self.store.relative(v) for k, v in result.artifacts.items()},
                 }
                 save_weights(path, result.model, meta)
@@ -221,7 +234,7 @@ class RecipeRunner:
         meta = load_weights(path, model)
         return model.to(self.device).eval(), meta
 
-    def _stamp_adapter(self, adapter: Path | None, cell: Cell) -> None:
+    def _stamp_adapter(self, adapter: Path | None, cell: Cell, guide_info: dict[str, Any] | None) -> None:
         """Record in an adapter's sidecar which base checkpoint, backbone and guide it belongs to."""
         if adapter is None or not sidecar(adapter).is_file():
             return
@@ -230,7 +243,7 @@ class RecipeRunner:
         bb = cell.backbone
         meta.update({"backbone": bb["type"], "variant": bb["variant"],
                      "options": {k: v for k, v in bb.items() if k not in ("type", "variant")},
-                     "base_sha256": file_sha256(base), "guide": self._guide_info, "method": cell.method})
+                     "base_sha256": file_sha256(base), "guide": guide_info, "method": cell.method})
         atomic_write_json(sidecar(adapter), meta)
 
     def run_cell(self, cell: Cell) -> dict[str, Any]:
@@ -313,9 +326,10 @@ class RecipeRunner:
             for entry in self.recipe.benchmarks:
                 self.dataset(entry.spec())
             self.metrics()
-        if any(not weights_ready(self.store.adapted_dir(c.adapt_id) / "model.safetensors")
-               and build_method(c.method).needs_loss for c in todo):
-            self.loss()
+        for c in todo:
+            if not weights_ready(self.store.adapted_dir(c.adapt_id) / "model.safetensors") and \
+                    build_method(c.method).needs_loss:
+                self.loss(c.method)
 
     def _write_run_files(self, cells: list[Cell]) -> None:
         root = self.store.root
@@ -328,7 +342,8 @@ class RecipeRunner:
 
 
 def build_method(spec: dict[str, Any]):
-    return METHODS.build(spec["type"], **{k: v for k, v in spec.items() if k != "type"})
+    """The method object of a cell's method spec (``h2c`` is the runner's, not the method's)."""
+    return METHODS.build(spec["type"], **{k: v for k, v in spec.items() if k not in ("type", "h2c")})
 
 
 def load_sidecar(path: Path) -> dict[str, Any]:
