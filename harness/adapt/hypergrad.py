@@ -11,6 +11,14 @@ Replacing both Hessian blocks by outer products of first derivatives (Gauss-Newt
 
     h = d_a F - (<d_w F, d_w f> / |d_w f|^2) * d_a f.
 
+Derivation: w*(a) solves d_w f(w*, a) = 0; differentiating, H_ww dw*/da + H_wa = 0, so
+dw*/da = -H_ww^{-1} H_wa and dF(w*(a), a)/da = d_a F + (dw*/da)^T d_w F = d_a F - H_aw H_ww^{-1} d_w F.
+
+When it is exact: for a quadratic lower level with H_ww = c I and d_w f = c (w - w*), we have
+d_a f = H_aw (w - w*) and the rank-one term equals H_aw H_ww^{-1} P d_w F, where P projects onto
+g = d_w f. It is therefore exact when d_w F is parallel to g (always, for a 1-D w), with g taken
+at a point w != w* (at w* itself g = 0, the correction vanishes and ``eps`` keeps it finite).
+
 The minus sign comes straight from the theorem (the authors' code flips it and multiplies the
 term by the learning rate). Every gradient is taken with ``torch.autograd.grad`` so nothing stale
 in ``.grad`` leaks in. With B = 0 at the start, ``d_a f = d_a F = 0`` exactly (the branch output

@@ -3,9 +3,9 @@
 BiLaLoRA searches where LoRA should go: every candidate site group gets a gate; LoRA weights
 follow the H2C loss on the training split (lower level) while the gates follow the first-order
 hypergradient of the H2C loss on the validation split (upper level; gates are only in the upper
-optimiser). The ``top_k`` groups with the largest gates keep their searched LoRA weights (warm
-start) with their gates frozen; the other branches are dropped; the kept ones are fine-tuned on
-the training split and merged, so inference costs exactly what the base model costs.
+optimiser). The ``top_k`` groups with the largest gates get fresh LoRA branches (B = 0) whose
+gates are frozen at the searched value; all other branches are dropped; the kept ones are
+fine-tuned on the training split and merged, so inference costs exactly what the base model costs.
 ``naive_joint`` is the single-level ablation: gates and LoRA trained together on the training split.
 """
 
@@ -18,12 +18,21 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from harness.adapt import training
 from harness.adapt.base import AdaptJob, AdaptResult
 from harness.adapt.hypergrad import hypergradient
-from harness.adapt.lora import (gate_parameters, inject_lora, lora_modules, lora_parameters, merge_lora, remove_lora,
-                                select_sites)
+from harness.adapt.lora import (
+    gate_parameters,
+    inject_lora,
+    lora_modules,
+    lora_parameters,
+    merge_lora,
+    remove_lora,
+    select_sites,
+)
 from harness.adapt.training import finite_or_fail, train_steps
 from harness.data.patches import sample_patches
+from harness.errors import HarnessError
 from harness.registry import METHODS
 from harness.store import atomic_write_json
 
@@ -50,7 +59,8 @@ class FullFineTune:
         for p in params:
             p.requires_grad_(True)
         train_steps(model, params, job.train_images, job.loss_fn, self.steps, self.lr, job.batch_size,
-                    job.patch_size, job.seed, job.workdir / "finetune.pt", job.progress, device=job.device)
+                    job.patch_size, job.seed, job.workdir / "finetune.pt", job.progress,
+                    checkpoint_every=training.CHECKPOINT_EVERY, device=job.device)
         return AdaptResult(model=model.eval(), params_trainable=sum(p.numel() for p in params))
 
 
@@ -79,7 +89,8 @@ def finetune_lora(job: AdaptJob, sites: dict[str, list[str]], rank: int, alpha: 
         gate.requires_grad_(False)
     params = lora_parameters(model)
     train_steps(model, params, job.train_images, job.loss_fn, steps, lr, job.batch_size, job.patch_size,
-                job.seed, job.workdir / "finetune.pt", job.progress, device=job.device)
+                job.seed, job.workdir / "finetune.pt", job.progress, checkpoint_every=training.CHECKPOINT_EVERY,
+                device=job.device)
     adapter = save_adapter(model, sites, rank, alpha, job.workdir.parent / "adapter.safetensors")
     trainable = sum(p.numel() for p in params)
     info = {**info, "selected": list(sites), "gates_kept": json.loads(adapter.with_name(adapter.name + ".json")
@@ -100,7 +111,7 @@ class ManualLoRA:
 
     def run(self, job: AdaptJob) -> AdaptResult:
         sites = select_sites(job.model, self.sites)
-        # a manual site is always on: gate fixed at +6 (sigmoid = 0.9975), not learned
+        # a manual site is always on: gate frozen at +6 (sigmoid = 0.9975), never learned
         inject_lora(job.model, sites, self.rank, self.alpha, gate_init=6.0)
         return finetune_lora(job, sites, self.rank, self.alpha, self.steps, self.lr, {})
 
@@ -123,12 +134,28 @@ class LayerSearch:
     needs_loss: bool = True
 
     def search(self, job: AdaptJob, candidates: dict[str, list[str]]) -> dict[str, float]:
+        """Stage 1: LoRA + a gate at every candidate group; returns sigmoid(gate) per group.
+
+        Bilevel: each step is one lower step (Adam over LoRA A/B only, train batch) then, after
+        ``warmup_steps``, one upper step (Adam over the gates only, hypergradient on a val batch).
+        The warm-up exists because B = 0 at the start makes every gate gradient exactly zero.
+        Joint (the ablation): one Adam over A/B and gates on the train batch, single level.
+        The search result is saved as ``gates.json`` in the workdir; a rerun reuses it.
+        """
+        cached = job.workdir / "gates.json"
+        if cached.is_file():
+            gates = json.loads(cached.read_text())
+            if set(gates) == set(candidates):
+                return gates
         model = job.model
         gates = inject_lora(model, candidates, self.rank, self.alpha)
         w, a = lora_parameters(model), list(gates.values())
         for p in w + a:
             p.requires_grad_(True)
-        lower_opt = torch.optim.Adam(w, lr=self.lr)
+        if self.bilevel:  # gates are ONLY in the upper optimiser
+            lower_opt = torch.optim.Adam(w, lr=self.lr)
+        else:  # one optimiser, two lrs: LoRA at lr, gates at gate_lr
+            lower_opt = torch.optim.Adam([{"params": w, "lr": self.lr}, {"params": a, "lr": self.gate_lr}])
         upper_opt = torch.optim.Adam(a, lr=self.gate_lr)
         generator = torch.Generator().manual_seed(job.seed)
         total = self.search_steps + self.finetune_steps
@@ -136,37 +163,37 @@ class LayerSearch:
         for step in range(self.search_steps):
             x, _ = sample_patches(job.train_images, job.batch_size, job.patch_size, generator)
             x = x.to(job.device)
-            lower = job.loss_fn(model(x), x)
-            finite_or_fail(lower, step, "search")
-            joint = not self.bilevel and step >= self.warmup_steps
-            grads = torch.autograd.grad(lower, w + a if joint else w)
-            lower_opt.zero_grad(set_to_none=True)
-            upper_opt.zero_grad(set_to_none=True)
-            for p, g in zip(w + a if joint else w, grads):
-                p.grad = g
-            lower_opt.step()
-            if joint:
-                upper_opt.step()
-            elif self.bilevel and step >= self.warmup_steps:
-                v, _ = sample_patches(job.val_images, job.batch_size, job.patch_size, generator)
-                v = v.to(job.device)
-                lower = job.loss_fn(model(x), x)
-                upper = job.loss_fn(model(v), v)
-                for p, h in zip(a, hypergradient(lower, upper, w, a)):
-                    p.grad = h
-                upper_opt.step()
+            if self.bilevel:
+                loss = lower_step(model, w, lower_opt, x, job.loss_fn, step)
+                if step >= self.warmup_steps:
+                    v, _ = sample_patches(job.val_images, job.batch_size, job.patch_size, generator)
+                    upper_step(model, w, a, upper_opt, x, v.to(job.device), job.loss_fn, step)
+            else:
+                loss = lower_step(model, w + a, lower_opt, x, job.loss_fn, step)
             if job.progress is not None:
-                job.progress(step + 1, total, {"search": lower.item()})
-        return {g: torch.sigmoid(p).item() for g, p in gates.items()}
+                job.progress(step + 1, total, {"search": loss})
+        values = {g: torch.sigmoid(p).item() for g, p in gates.items()}
+        remove_lora(model, merge=False)  # back to the plain base model
+        atomic_write_json(cached, values)
+        return values
 
     def run(self, job: AdaptJob) -> AdaptResult:
+        """Stage 2: keep the ``top_k`` groups by gate value and inject FRESH LoRA there (B = 0).
+
+        Design choice: the kept gates are not removed but frozen at their searched logit, so a kept
+        branch is scaled by its searched sigmoid(g) exactly as during the search (and the adapter
+        file records it); only A/B are trained. Merging folds the gate into the weight.
+        """
         candidates = select_sites(job.model, self.sites)
+        if self.top_k < 1:
+            raise HarnessError(f"top_k={self.top_k} keeps no LoRA site", "set top_k >= 1")
         gates = self.search(job, candidates)
-        atomic_write_json(job.workdir / "gates.json", gates)
-        keep = sorted(gates, key=gates.get, reverse=True)[: self.top_k]
-        drop = [n for g, names in candidates.items() if g not in keep for n in names]
-        remove_lora(job.model, drop, merge=False)
+        keep = sorted(gates, key=lambda g: (-gates[g], g))[: self.top_k]
         kept = {g: candidates[g] for g in candidates if g in keep}
+        fresh = inject_lora(job.model, kept, self.rank, self.alpha)
+        with torch.no_grad():
+            for g, p in fresh.items():
+                p.fill_(torch.logit(torch.tensor(gates[g]).clamp(1e-6, 1 - 1e-6)).item())
         offset = self.search_steps
 
         def shifted(done, total, info, progress=job.progress):
@@ -176,6 +203,32 @@ class LayerSearch:
         ft_job = AdaptJob(**{**job.__dict__, "progress": shifted})
         return finetune_lora(ft_job, kept, self.rank, self.alpha, self.finetune_steps, self.lr,
                              {"gates": gates, "search": "bilevel" if self.bilevel else "joint"})
+
+
+def lower_step(model: torch.nn.Module, params: list[torch.Tensor], opt: torch.optim.Optimizer, x: torch.Tensor,
+               loss_fn, step: int = 0) -> float:
+    """One Adam step of ``loss_fn(model(x), x)`` over ``params`` only (grads via autograd.grad)."""
+    loss = loss_fn(model(x), x)
+    finite_or_fail(loss, step, "search (lower level)")
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    opt.zero_grad(set_to_none=True)
+    for p, g in zip(params, grads):
+        p.grad = torch.zeros_like(p) if g is None else g
+    opt.step()
+    return loss.item()
+
+
+def upper_step(model: torch.nn.Module, w: list[torch.Tensor], a: list[torch.Tensor], opt: torch.optim.Optimizer,
+               x: torch.Tensor, v: torch.Tensor, loss_fn, step: int = 0) -> float:
+    """One Adam step over the gates ``a`` with the hypergradient (lower on ``x``, upper on ``v``)."""
+    lower = loss_fn(model(x), x)
+    upper = loss_fn(model(v), v)
+    finite_or_fail(upper, step, "search (upper level)")
+    opt.zero_grad(set_to_none=True)
+    for p, h in zip(a, hypergradient(lower, upper, w, a)):
+        p.grad = h
+    opt.step()
+    return upper.item()
 
 
 @METHODS.register("none")

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -13,22 +13,25 @@ from harness.data.patches import sample_patches
 from harness.errors import HarnessError
 from harness.store import atomic_torch_save
 
+CHECKPOINT_EVERY = 25  # steps between saved states (a killed run loses at most this many)
+
 
 def finite_or_fail(loss: torch.Tensor, step: int, what: str) -> None:
     if not torch.isfinite(loss):
-        raise HarnessError(f"{what} loss is {loss.item()} at step {step}", "lower the method's lr in the recipe")
+        raise HarnessError(f"{what} loss is {loss.item()} at step {step}", "lower lr (the method's `lr` in the recipe)")
 
 
 def train_steps(model: nn.Module, params: list[nn.Parameter], images: Sequence[torch.Tensor], loss_fn: LossFn,
                 steps: int, lr: float, batch_size: int, patch_size: int, seed: int, state_path: Path,
-                progress: ProgressFn | None = None, checkpoint_every: int = 25, device: torch.device | None = None,
-                on_step: Callable[[int], None] | None = None) -> None:
+                progress: ProgressFn | None = None, checkpoint_every: int | None = None,
+                device: torch.device | None = None) -> None:
     """Minimise ``loss_fn(model(x), x)`` over ``params`` on random patches of ``images``.
 
-    State (model weights, optimiser, step, RNG) is saved every ``checkpoint_every`` steps to
-    ``state_path``; a rerun with the same path continues from there.
+    State (model weights, optimiser, step, RNG) is saved every ``checkpoint_every`` steps
+    (default: the module's ``CHECKPOINT_EVERY``, 25) to ``state_path``; a rerun with the same path continues from there.
     """
     device = device or next(model.parameters()).device
+    checkpoint_every = checkpoint_every or CHECKPOINT_EVERY
     optimiser = torch.optim.Adam(params, lr=lr)
     generator = torch.Generator().manual_seed(seed)
     start = 0

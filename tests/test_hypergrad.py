@@ -1,0 +1,129 @@
+"""The first-order hypergradient against the implicit function theorem; gates vs LoRA optimisers.
+
+Quadratic problem: lower f(w, a) = c/2 |w - M a|^2 (so H_ww = c I, w*(a) = M a), upper
+F(w, a) = |w - t|^2 / 2 + lam |a|^2 / 2. Exact implicit gradient: dF(w*(a), a)/da = lam a + M^T (w* - t).
+
+What is checked precisely: at w = w* the lower gradient g = d_w f is 0, so the rank-one term vanishes
+(eps keeps it finite) and ``hypergradient`` returns d_a F only. The rank-one approximation is exact
+when the lower gradient is taken at a point w* + delta (delta != 0), the upper one at w*, and
+d_w F is parallel to g = c delta -- always true for a 1-D w. For a 2-D w we also show it is the
+projection of the exact correction onto g (not exact for a generic delta).
+"""
+
+import pytest
+import torch
+from torch import nn
+
+from harness.adapt.hypergrad import hypergradient
+from harness.adapt.lora import gate_parameters, inject_lora, lora_parameters
+from harness.adapt.methods import lower_step, upper_step
+
+C, LAM = 2.5, 0.3
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def problem(dim_w):
+    g = torch.Generator().manual_seed(dim_w)
+    M = torch.randn(dim_w, 3, generator=g, dtype=torch.float64)
+    t = torch.randn(dim_w, generator=g, dtype=torch.float64)
+    a = torch.randn(3, generator=g, dtype=torch.float64)
+    return M, t, a
+
+
+def exact(M, t, a):
+    return LAM * a + M.T @ (M @ a - t)
+
+
+def ours(M, t, a, delta):
+    a = a.clone().requires_grad_(True)
+    w = (M @ a).detach().requires_grad_(True)  # w = w*(a)
+    lower = 0.5 * C * ((w + delta - M @ a) ** 2).sum()  # f at w* + delta
+    upper = 0.5 * ((w - t) ** 2).sum() + 0.5 * LAM * (a * a).sum()  # F at w*
+    return hypergradient(lower, upper, [w], [a])[0]
+
+
+def test_exact_for_one_dimensional_w_any_delta():
+    M, t, a = problem(1)
+    for d in (1e-3, -0.7, 5.0):
+        h = ours(M, t, a, torch.tensor([d], dtype=torch.float64))
+        assert torch.allclose(h, exact(M, t, a), atol=1e-6)
+
+
+def test_vector_w_exact_iff_upper_gradient_parallel_to_lower():
+    M, t, a = problem(2)
+    dwF = M @ a - t
+    assert torch.allclose(ours(M, t, a, 0.3 * dwF), exact(M, t, a), atol=1e-6)
+    delta = torch.tensor([1.0, 0.0], dtype=torch.float64)  # generic: projection of the correction onto delta
+    projected = LAM * a + M.T @ (delta * (delta @ dwF))
+    assert torch.allclose(ours(M, t, a, delta), projected, atol=1e-6)
+    assert not torch.allclose(ours(M, t, a, delta), exact(M, t, a), atol=1e-3)
+
+
+def test_at_w_star_correction_vanishes_and_stays_finite():
+    M, t, a = problem(1)
+    h = ours(M, t, a, torch.zeros(1, dtype=torch.float64))
+    assert torch.isfinite(h).all() and torch.allclose(h, LAM * a, atol=1e-12)
+
+
+def test_exact_implicit_gradient_matches_finite_differences():
+    M, t, a = problem(2)
+    total = lambda a: 0.5 * ((M @ a - t) ** 2).sum() + 0.5 * LAM * (a * a).sum()  # F(w*(a), a)
+    eps = 1e-6
+    fd = torch.stack([(total(a + eps * e) - total(a - eps * e)) / (2 * eps) for e in torch.eye(3, dtype=torch.float64)])
+    assert torch.allclose(fd, exact(M, t, a), atol=1e-6)
+
+
+class Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, 3, padding=1, padding_mode="reflect")
+        self.c2 = nn.Conv2d(8, 3, 3, padding=1)
+
+    def forward(self, x):
+        return self.c2(torch.relu(self.c1(x)))
+
+
+def loss_fn(out, inp):
+    return ((out - 0.5 * inp) ** 2).mean()
+
+
+def setup():
+    torch.manual_seed(0)
+    model = Tiny()
+    gates = inject_lora(model, {"g1": ["c1"], "g2": ["c2"]}, rank=2, alpha=4)
+    w, a = lora_parameters(model), list(gates.values())
+    x, v = torch.rand(2, 3, 12, 12), torch.rand(2, 3, 12, 12)
+    return model, w, a, x, v
+
+
+def test_gate_gradient_exactly_zero_before_warmup_nonzero_after():
+    model, w, a, x, v = setup()
+    h = hypergradient(loss_fn(model(x), x), loss_fn(model(v), v), w, a)
+    assert all(torch.equal(g, torch.zeros_like(g)) for g in h)  # B = 0: branch output is 0 whatever the gate
+    opt = torch.optim.Adam(w, lr=1e-2)
+    for _ in range(2):  # warm-up: lower steps only
+        lower_step(model, w, opt, x, loss_fn)
+    h = hypergradient(loss_fn(model(x), x), loss_fn(model(v), v), w, a)
+    assert all(g.abs() > 0 for g in h)
+
+
+def test_lower_step_leaves_gates_and_upper_step_changes_only_gates():
+    model, w, a, x, v = setup()
+    lower_opt, upper_opt = torch.optim.Adam(w, lr=1e-2), torch.optim.Adam(a, lr=1e-2)
+    for _ in range(2):
+        gates0 = [p.detach().clone() for p in a]
+        lower_step(model, w, lower_opt, x, loss_fn)
+        assert all(torch.equal(p, q) for p, q in zip(a, gates0))
+    base0 = {k: v_.clone() for k, v_ in model.state_dict().items() if "gate" not in k}
+    gates0 = [p.detach().clone() for p in a]
+    upper_step(model, w, a, upper_opt, x, v, loss_fn)
+    assert all(torch.equal(t_, model.state_dict()[k]) for k, t_ in base0.items())  # LoRA A/B and base unchanged
+    assert all(not torch.equal(p, q) for p, q in zip(a, gates0))
+    assert gate_parameters(model) == a
