@@ -1,7 +1,5 @@
 """``harness doctor`` reports where weights are looked for, and notices them when they appear."""
 
-
-
 from harness.doctor import checks
 
 

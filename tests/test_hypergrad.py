@@ -21,12 +21,7 @@ from harness.adapt.methods import lower_step, upper_step
 C, LAM = 2.5, 0.3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def problem(dim_w):

@@ -19,12 +19,7 @@ from harness.metrics.efficiency import flops_256
 from harness.models import build_backbone, count_params
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def conv():

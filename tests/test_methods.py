@@ -14,12 +14,7 @@ from harness.models import build_backbone, count_params
 from harness.registry import METHODS
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def loss_fn(out, inp):

@@ -11,7 +11,7 @@ from torch import nn
 from harness.adapt.base import LossFn, ProgressFn
 from harness.data.patches import sample_patches
 from harness.errors import HarnessError
-from harness.store import atomic_torch_save
+from harness.store import load_training_state, save_training_state
 
 CHECKPOINT_EVERY = 25  # steps between saved states (a killed run loses at most this many)
 
@@ -34,13 +34,7 @@ def train_steps(model: nn.Module, params: list[nn.Parameter], images: Sequence[t
     checkpoint_every = checkpoint_every or CHECKPOINT_EVERY
     optimiser = torch.optim.Adam(params, lr=lr)
     generator = torch.Generator().manual_seed(seed)
-    start = 0
-    if state_path.is_file():
-        state = torch.load(state_path, map_location=device, weights_only=False)
-        model.load_state_dict(state["model"])
-        optimiser.load_state_dict(state["optimiser"])
-        generator.set_state(state["generator"])
-        start = state["step"]
+    start = load_training_state(state_path, generator, device, model=model, optimiser=optimiser)
     model.train()
     for step in range(start, steps):
         x, _ = sample_patches(images, batch_size, patch_size, generator)
@@ -52,8 +46,7 @@ def train_steps(model: nn.Module, params: list[nn.Parameter], images: Sequence[t
         optimiser.step()
         done = step + 1
         if done % checkpoint_every == 0 and done < steps:
-            atomic_torch_save(state_path, {"model": model.state_dict(), "optimiser": optimiser.state_dict(),
-                                           "generator": generator.get_state(), "step": done})
+            save_training_state(state_path, done, generator, model=model, optimiser=optimiser)
         if progress is not None:
             progress(done, steps, {"h2c": loss.item()})
     model.eval()

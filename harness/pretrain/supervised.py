@@ -16,7 +16,7 @@ from torch import nn
 
 from harness.data.patches import sample_patches
 from harness.errors import HarnessError
-from harness.store import atomic_torch_save
+from harness.store import load_training_state, save_training_state
 
 
 def pretrain_supervised(
@@ -41,14 +41,7 @@ def pretrain_supervised(
         optimiser, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / max(steps, 1)))
     )
     generator = torch.Generator().manual_seed(seed)
-    start = 0
-    if state_path.is_file():
-        state = torch.load(state_path, map_location=device, weights_only=False)
-        model.load_state_dict(state["model"])
-        optimiser.load_state_dict(state["optimiser"])
-        schedule.load_state_dict(state["schedule"])
-        generator.set_state(state["generator"])
-        start = state["step"]
+    start = load_training_state(state_path, generator, device, model=model, optimiser=optimiser, schedule=schedule)
     for step in range(start, steps):
         x, y = sample_patches(hazy, batch_size, patch_size, generator, targets=clear)
         loss = F.l1_loss(model(x.to(device)), y.to(device))
@@ -61,10 +54,7 @@ def pretrain_supervised(
         schedule.step()
         done = step + 1
         if done % checkpoint_every == 0 and done < steps:
-            atomic_torch_save(state_path, {
-                "model": model.state_dict(), "optimiser": optimiser.state_dict(),
-                "schedule": schedule.state_dict(), "generator": generator.get_state(), "step": done,
-            })
+            save_training_state(state_path, done, generator, model=model, optimiser=optimiser, schedule=schedule)
         if progress is not None:
             progress(done, steps, {"l1": loss.item()})
     model.eval()
