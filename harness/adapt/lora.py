@@ -1,10 +1,12 @@
-"""Gated LoRA for Conv2d and Linear: ``y = base(x) + sigmoid(g) * (alpha / r) * B(A(x))``.
+"""Gated LoRA for Conv2d, ConvTranspose2d and Linear: ``y = base(x) + sigmoid(g) * (alpha / r) * B(A(x))``.
 
 Why our own rather than peft: peft's scaling is a plain float (we need a learnable gate shared by
 a group of layers), its conv branch ignores dilation and padding mode (DEA-Net uses reflect
 padding), and it drags in transformers. ``A`` copies the base conv's geometry (kernel, stride,
-padding, dilation, padding mode) into ``rank`` channels and ``B`` is a 1x1 conv initialised to
-zero, so the branch composes exactly into one conv weight and merging is lossless.
+padding, output padding, dilation, padding mode, groups) into ``rank`` channels per group and
+``B`` is a 1x1 conv with the same groups, initialised to zero, so per group the branch is a
+rank-``rank`` factorisation that composes exactly into one weight of the base's shape: merging
+is lossless.
 """
 
 from __future__ import annotations
@@ -23,19 +25,24 @@ class GatedLoRA(nn.Module):
 
     def __init__(self, base: nn.Module, gate: nn.Parameter, rank: int, alpha: float):
         super().__init__()
-        if isinstance(base, nn.Conv2d):
-            if base.groups != 1:
-                raise HarnessError(f"LoRA on a grouped conv (groups={base.groups}) is not supported",
-                                   "leave grouped/depthwise convs out of the LoRA sites")
-            self.lora_A = nn.Conv2d(base.in_channels, rank, base.kernel_size, base.stride, base.padding,
-                                    base.dilation, bias=False, padding_mode=base.padding_mode)
-            self.lora_B = nn.Conv2d(rank, base.out_channels, 1, bias=False)
+        self.groups = getattr(base, "groups", 1)
+        self.transposed = isinstance(base, nn.ConvTranspose2d)
+        if isinstance(base, (nn.Conv2d, nn.ConvTranspose2d)):
+            geometry = {"kernel_size": base.kernel_size, "stride": base.stride, "padding": base.padding,
+                        "dilation": base.dilation, "groups": self.groups, "bias": False,
+                        "padding_mode": base.padding_mode}
+            if self.transposed:
+                self.lora_A = nn.ConvTranspose2d(base.in_channels, rank * self.groups,
+                                                 output_padding=base.output_padding, **geometry)
+            else:
+                self.lora_A = nn.Conv2d(base.in_channels, rank * self.groups, **geometry)
+            self.lora_B = nn.Conv2d(rank * self.groups, base.out_channels, 1, groups=self.groups, bias=False)
         elif isinstance(base, nn.Linear):
             self.lora_A = nn.Linear(base.in_features, rank, bias=False)
             self.lora_B = nn.Linear(rank, base.out_features, bias=False)
         else:
-            raise HarnessError(f"LoRA supports Conv2d and Linear, not {type(base).__name__}",
-                               "name only Conv2d/Linear modules as LoRA sites")
+            raise HarnessError(f"LoRA supports Conv2d, ConvTranspose2d and Linear, not {type(base).__name__}",
+                               "name only Conv2d/ConvTranspose2d/Linear modules as LoRA sites")
         nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
         nn.init.zeros_(self.lora_B.weight)
         self.lora_A.to(base.weight)
@@ -45,19 +52,33 @@ class GatedLoRA(nn.Module):
         self.scale = alpha / rank
         self.enabled = True
         self.merged = False
+        with torch.no_grad():
+            shape = self.delta_weight().shape
+        if shape != base.weight.shape:
+            raise HarnessError(f"LoRA branch on {type(base).__name__} composes to a {tuple(shape)} weight, "
+                               f"not the base's {tuple(base.weight.shape)}",
+                               "leave this module out of the LoRA sites")
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.base(x)
+    def forward(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
+        """``kwargs`` (a transposed conv's ``output_size``) go to both the base and ``lora_A``."""
+        y = self.base(x, **kwargs)
         if self.enabled and not self.merged:
-            y = y + torch.sigmoid(self.gate) * self.scale * self.lora_B(self.lora_A(x))
+            y = y + torch.sigmoid(self.gate) * self.scale * self.lora_B(self.lora_A(x, **kwargs))
         return y
 
     def delta_weight(self) -> torch.Tensor:
-        """The branch as one weight of the base's shape (including the gate and scale)."""
-        b = self.lora_B.weight.flatten(1)  # (out, r)
-        a = self.lora_A.weight
-        delta = b @ a if a.dim() == 2 else torch.einsum("or,rikl->oikl", b, a)
-        return torch.sigmoid(self.gate) * self.scale * delta
+        """The branch as one weight of the base's shape (including the gate and scale).
+
+        Per group g: ``delta_g = B_g @ A_g`` over the rank, laid out as the base weight: (out, in/groups, ...)
+        for Conv2d/Linear, (in, out/groups, kh, kw) for ConvTranspose2d.
+        """
+        b = self.lora_B.weight.flatten(1).unflatten(0, (self.groups, -1))  # (groups, out/groups, r)
+        a = self.lora_A.weight.unflatten(0, (self.groups, -1))
+        if self.transposed:  # a: (groups, in/groups, r, kh, kw)
+            delta = torch.einsum("gor,gir...->gio...", b, a)
+        else:  # a: (groups, r, in/groups, ...)
+            delta = torch.einsum("gor,gri...->goi...", b, a)
+        return torch.sigmoid(self.gate) * self.scale * delta.flatten(0, 1)
 
     @torch.no_grad()
     def merge(self) -> None:
