@@ -6,15 +6,16 @@ with papers that report thop's multiply-add counts as "FLOPs".
 
 from __future__ import annotations
 
-import os
 import statistics
 import threading
 import time
+import weakref
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from harness.models.base import count_params
@@ -75,17 +76,112 @@ def runtime_ms(model: nn.Module, size: int = 256, repeats: int = 5, warmup: int 
     return float(statistics.median(times))
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+def _tensors(obj) -> list[torch.Tensor]:
+    """The tensors in an op's arguments or results (tensors, and lists, tuples and dicts of them)."""
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, (list, tuple)):
+        return [t for o in obj for t in _tensors(o)]
+    if isinstance(obj, dict):
+        return [t for o in obj.values() for t in _tensors(o)]
+    return []
+
+
+class _LiveStorageTracker(TorchDispatchMode):
+    """Live bytes of the storages (on one device type) created inside the mode, and their peak.
+
+    An op's output storage that is new to the tracker counts until it is freed, unless it is one
+    of the op's inputs (then it predates the block: views, in-place and ``out=`` ops allocate
+    nothing). A storage's Python object lives exactly as long as the storage (torch keeps it alive
+    from C++), so a weakref callback on it sees the free, however many tensors, views or
+    autograd-saved copies shared it. Not seen: memory a kernel allocates and frees internally
+    (workspaces), and tensors made without an aten op (``from_numpy``, ``torch.load``).
+    """
+
+    def __init__(self, device_type: str = "cpu") -> None:
+        super().__init__()
+        self.device_type = device_type
+        self.live = 0
+        self.peak = 0
+        # StorageImpl address -> [weakref, bytes counted, or None for a storage from before the block]
+        self._storages: dict[int, list] = {}
+        self._lock = threading.RLock()  # frees can be reported from autograd worker threads
+
+    def storage(self, t: torch.Tensor) -> torch.UntypedStorage | None:
+        """``t``'s storage if it is on the tracked device type and has one (not sparse, say)."""
+        if t.is_cpu if self.device_type == "cpu" else t.device.type == self.device_type:
+            try:
+                return t.untyped_storage()
+            except (NotImplementedError, RuntimeError):
+                return None
+        return None
+
+    def track(self, storage: torch.UntypedStorage, counted: bool = True) -> None:
+        """Follow ``storage`` until it is freed; its bytes count only if ``counted``. Idempotent."""
+        key = storage._cdata
+        if key in self._storages:
+            return
+        nbytes = storage.nbytes() if counted else None
+        ref = weakref.ref(storage, lambda r, key=key: self._freed(key, r))
+        with self._lock:
+            self._storages[key] = [ref, nbytes]
+            self._grow(nbytes or 0)
+
+    def _grow(self, nbytes: int) -> None:
+        self.live += nbytes
+        self.peak = max(self.peak, self.live)
+
+    def _freed(self, key: int, ref: weakref.ref) -> None:
+        with self._lock:
+            entry = self._storages.get(key)
+            if entry is not None and entry[0] is ref:
+                del self._storages[key]
+                self.live -= entry[1] or 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = None
+        for t in (out,) if isinstance(out, torch.Tensor) else _tensors(out):
+            if (s := self.storage(t)) is None:
+                continue
+            entry = self._storages.get(s._cdata)
+            if entry is None:
+                if inputs is None:
+                    inputs = {i._cdata for i in map(self.storage, _tensors((args, kwargs))) if i is not None}
+                self.track(s, counted=s._cdata not in inputs)
+            elif entry[1] is not None and entry[1] != s.nbytes():  # resized in place (``out=``, ``resize_``)
+                with self._lock:
+                    self._grow(s.nbytes() - entry[1])
+                    entry[1] = s.nbytes()
+        return out
+
+    def close(self) -> None:
+        with self._lock:
+            self._storages.clear()  # drops the weakrefs, so no callback outlives the block
+
+
+def _modules(model: nn.Module | Iterable[nn.Module | None] | None) -> list[nn.Module]:
+    if model is None:
+        return []
+    if isinstance(model, nn.Module):
+        return [model]
+    return [m for m in model if isinstance(m, nn.Module)]
 
 
 @contextmanager
-def peak_memory(device: torch.device | str = "cpu", interval_s: float = 0.05) -> Iterator[dict]:
-    """Measure peak memory inside the block, in MB, into ``result["peak_mem_mb"]``.
+def peak_memory(device: torch.device | str = "cpu",
+                model: nn.Module | Iterable[nn.Module | None] | None = None) -> Iterator[dict]:
+    """Peak tensor memory in MB (2**20 bytes) inside the block, into ``result["peak_mem_mb"]``.
 
-    CUDA: ``torch.cuda.max_memory_allocated``. CPU: the peak resident-set growth over the block,
-    sampled every ``interval_s`` (Linux ``/proc``), since torch keeps no CPU allocator statistics.
+    CUDA: ``torch.cuda.max_memory_allocated`` after resetting the peak, i.e. every allocation
+    live on the device (``model`` is ignored). CPU: torch keeps no CPU allocator statistics (and
+    the resident set keeps freed memory, so it shows no growth after the first run), so we count
+    the same quantity ourselves: the parameters, buffers and gradients of ``model`` (a module or
+    several; ``None`` is skipped) at entry, plus the peak growth of the bytes held by tensor
+    storages the block allocates, followed op by op (see ``_LiveStorageTracker``). Other tensors
+    alive at entry (data, a loss network left out of ``model``) are not counted. Following every
+    op costs about 6 us per op: measured 1.16-1.22x on tiny DEA-Net's 8x48^2 training steps, near 1x
+    at real sizes, and it is included in a CPU run's train time.
     """
     device = torch.device(device)
     result: dict = {}
@@ -94,23 +190,17 @@ def peak_memory(device: torch.device | str = "cpu", interval_s: float = 0.05) ->
         yield result
         result["peak_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
         return
-    base = _rss_bytes()
-    peak = [base]
-    stop = threading.Event()
-
-    def sample() -> None:
-        while not stop.wait(interval_s):
-            peak[0] = max(peak[0], _rss_bytes())
-
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
+    tracker = _LiveStorageTracker(device.type)
+    for module in _modules(model):
+        for t in [*module.parameters(), *module.buffers(), *(p.grad for p in module.parameters())]:
+            if isinstance(t, torch.Tensor) and (s := tracker.storage(t)) is not None:
+                tracker.track(s)
     try:
-        yield result
+        with tracker:
+            yield result
     finally:
-        stop.set()
-        thread.join()
-        peak[0] = max(peak[0], _rss_bytes())
-        result["peak_mem_mb"] = (peak[0] - base) / 2**20
+        result["peak_mem_mb"] = tracker.peak / 2**20
+        tracker.close()
 
 
 def efficiency_figures(model: nn.Module, device: torch.device | str = "cpu") -> dict:

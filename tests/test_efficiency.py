@@ -1,0 +1,118 @@
+"""peak_memory on CPU: live tensor bytes (model at entry + peak growth), checked against known sizes."""
+
+import pytest
+import torch
+from torch import nn
+from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+import harness.adapt.methods  # noqa: F401  (registers the methods)
+from harness.adapt.base import AdaptJob
+from harness.metrics.efficiency import peak_memory
+from harness.models import build_backbone
+from harness.registry import METHODS
+
+MB = 2**20
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def nbytes(module: nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in module.parameters())
+
+
+def test_peak_of_known_allocations_not_their_sum():
+    with peak_memory("cpu") as mem:
+        a = torch.empty(64 * MB, dtype=torch.uint8)
+        del a
+        b = torch.ones(32 * MB // 4)  # float32: 32 MB
+        c = b * 2  # another 32 MB while b lives: 64 again, not more
+        del b, c
+        d = torch.empty(16 * MB, dtype=torch.uint8)
+    assert mem["peak_mem_mb"] == pytest.approx(64.0, rel=0.01)
+    assert d.numel() == 16 * MB
+    assert _get_current_dispatch_mode() is None  # the tracker is gone after the block
+
+
+def test_views_keep_storage_alive_and_preexisting_tensors_cost_nothing():
+    old = torch.zeros(8 * MB // 4)  # alive before the block: not counted, nor are its views / in-place ops
+    with peak_memory("cpu") as mem:
+        old.add_(1)
+        old_view = old.view(-1, 2)[:, 0]
+        a = torch.zeros(16 * MB // 4)
+        view = a[: 4]  # no allocation; keeps all 16 MB alive
+        del a
+        b = torch.zeros(8 * MB // 4)  # 24 MB live
+        del view
+        c = torch.zeros(12 * MB // 4)  # 8 + 12 = 20 < 24
+    assert mem["peak_mem_mb"] == pytest.approx(24.0, rel=0.01)
+    assert old_view.shape[0] == old.numel() // 2 and b.numel() + c.numel() > 0
+
+
+def test_model_weights_count_at_entry_once():
+    net = nn.Linear(512, 512)
+    shared = nn.Sequential(net, net)  # same storages twice
+    with peak_memory("cpu", model=[shared, None, net]) as mem:
+        pass
+    assert mem["peak_mem_mb"] * MB == nbytes(net)
+
+
+def test_conv_forward_backward_matches_hand_count():
+    torch.manual_seed(0)
+    n, c, h, w = 4, 16, 64, 64
+    net = nn.Sequential(nn.Conv2d(3, c, 3, padding=1), nn.ReLU(), nn.Conv2d(c, 3, 3, padding=1))
+    x = torch.rand(n, 3, h, w)
+    act, out = n * c * h * w * 4, n * 3 * h * w * 4  # 1 MB hidden activation, 192 KB output
+    with peak_memory("cpu", model=net) as mem:
+        y = net(x)
+        y.sum().backward()
+    # Peak in backward, at ReLU's backward: its saved output, the incoming gradient and the
+    # gradient it makes (3 hidden activations), the net's output, the weights and (some) grads.
+    expected = nbytes(net) + 3 * act + out
+    assert mem["peak_mem_mb"] * MB == pytest.approx(expected, rel=0.01)
+    # without autograd only the conv output and the ReLU output coexist
+    with peak_memory("cpu", model=net) as mem, torch.no_grad():
+        net(x)
+    assert mem["peak_mem_mb"] * MB == pytest.approx(2 * nbytes(net) + 2 * act, rel=0.001)  # grads exist now
+
+
+def test_adam_state_and_gradients_count():
+    torch.manual_seed(0)
+    net = nn.Linear(1024, 1024, bias=False)  # 4 MB of weights
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    with peak_memory("cpu", model=net) as mem:
+        net(torch.rand(2, 1024)).sum().backward()
+        opt.step()
+    weights = nbytes(net)
+    # weights + grad + exp_avg + exp_avg_sq, plus the step's sqrt and division temporaries
+    assert mem["peak_mem_mb"] * MB == pytest.approx(6 * weights, rel=0.01)
+
+
+def test_result_recorded_when_block_raises():
+    with pytest.raises(RuntimeError), peak_memory("cpu") as mem:
+        keep = torch.empty(4 * MB, dtype=torch.uint8)
+        raise RuntimeError(keep.numel())
+    assert mem["peak_mem_mb"] == pytest.approx(4.0)
+    assert _get_current_dispatch_mode() is None
+
+
+def adapt_peak(tmp_path, name, params):
+    torch.manual_seed(0)
+    model = build_backbone("dea_net", "tiny").deploy()
+    g = torch.Generator().manual_seed(1)
+    imgs = [torch.rand(3, 32, 40, generator=g) for _ in range(2)]
+    job = AdaptJob(model, imgs, imgs, lambda out, inp: ((out - 0.5 * inp) ** 2).mean(), 2, 24,
+                   tmp_path / name, seed=0)
+    job.workdir.mkdir(parents=True)
+    with peak_memory("cpu", model=job.model) as mem:
+        METHODS.build(name, **METHODS.validate(name, params)).run(job)
+    return mem["peak_mem_mb"] * MB, nbytes(model)
+
+
+def test_full_finetuning_needs_more_memory_than_lora(tmp_path):
+    none, weights = adapt_peak(tmp_path, "none", {})
+    full, _ = adapt_peak(tmp_path, "full_ft", {"steps": 3})
+    lora, _ = adapt_peak(tmp_path, "manual_lora", {"sites": ["level3_block1"], "steps": 3})
+    assert none == weights  # no training: just the model
+    # full fine-tuning holds a gradient and two Adam moments per weight; LoRA only for its few
+    assert full > lora + 2 * weights
+    assert lora > 2 * weights  # activations kept for backward still cost
