@@ -12,6 +12,7 @@ from torch import nn
 
 from harness.data.io import read_image, to_array, to_tensor, write_image
 from harness.errors import HarnessError
+from harness.launch.distributed import barrier, ensure_process_group, gather_frames
 from harness.metrics.base import Metric
 from harness.metrics.evaluate import score_arrays
 from harness.store import atomic_write_bytes
@@ -32,8 +33,9 @@ def restore(model: nn.Module, image: np.ndarray, device: torch.device) -> np.nda
     return to_array(model(to_tensor(image)[None].to(device)))
 
 
-def _restored_items(model, image_set, device, max_side, on_corrupt, save_dir) -> Iterator[tuple]:
-    for pair in image_set.pairs:
+def _restored_items(model, pairs, device, max_side, on_corrupt, save_dir, kept: list[int]) -> Iterator[tuple]:
+    """``(name, restored, clear)`` for each ``(position, pair)``; positions yielded are appended to ``kept``."""
+    for position, pair in pairs:
         try:
             hazy = _shrink(read_image(pair.hazy), max_side)
             clear = _shrink(read_image(pair.clear), max_side) if pair.clear is not None else None
@@ -44,6 +46,7 @@ def _restored_items(model, image_set, device, max_side, on_corrupt, save_dir) ->
         out = restore(model, hazy, device)
         if save_dir is not None:
             write_image(save_dir / f"{Path(pair.name).stem}.png", out)
+        kept.append(position)
         yield pair.name, out, clear
 
 
@@ -56,12 +59,24 @@ def score_model(
     max_side: int | None = None,
     on_corrupt: str = "fail",
     save_outputs: bool = False,
+    shard: tuple[int, int] | None = None,
 ) -> dict[str, dict[str, float | None]]:
     """Mean of every metric on every benchmark ({benchmark: {metric: mean or None}}).
 
     Per-image scores are written to ``scores_dir/<benchmark>.csv``. A metric that needs ground
     truth is skipped (None) on a benchmark without it; an unavailable metric (None) stays None.
+    ``shard=(rank, world)`` with world > 1 (under torchrun, e.g. ``rank_world()``): every rank
+    restores and scores every ``world``-th image, the rows are gathered onto every rank, which all
+    return the same means; rank 0 writes the CSV.
     """
+    if shard is not None and shard[1] > 1:
+        group = ensure_process_group()
+        if group != tuple(shard):
+            raise HarnessError(f"shard {tuple(shard)} is not this process's (rank, world) {group}",
+                               "run under torchrun and pass shard=rank_world()")
+    else:
+        shard = None
+    rank, world = shard or (0, 1)
     model.eval()
     means: dict[str, dict[str, float | None]] = {}
     for bench_name, image_set in benchmarks.items():
@@ -70,11 +85,23 @@ def score_model(
             if m is not None and (image_set.has_reference or not m.spec.needs_reference)
         }
         save_dir = scores_dir / "outputs" / bench_name if save_outputs else None
-        items = _restored_items(model, image_set, device, max_side, on_corrupt, save_dir)
-        table = score_arrays(items, usable)
-        scores_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(scores_dir / f"{bench_name}.csv", table.to_csv(index=False).encode())
+        kept: list[int] = []
+        pairs = list(enumerate(image_set.pairs))[rank::world]
+        items = _restored_items(model, pairs, device, max_side, on_corrupt, save_dir, kept)
+        if shard is None:
+            table = score_arrays(items, usable)
+        else:
+            try:
+                table = score_arrays(items, usable).set_axis(kept)
+            except Exception as err:  # handed to the gather, so the other ranks fail instead of waiting
+                table = err
+            table = gather_frames(table)
+        if rank == 0:
+            scores_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(scores_dir / f"{bench_name}.csv", table.to_csv(index=False).encode())
         means[bench_name] = {
             name: (float(table[name].mean()) if name in usable and len(table) else None) for name in metrics
         }
+    if shard is not None:
+        barrier()  # the CSVs exist once any rank returns
     return means

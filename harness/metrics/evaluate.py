@@ -2,8 +2,9 @@
 
 Workers are spawned (safe with torch and CUDA), each reads its images and applies every metric;
 rows come back in input order. With ``shard=(rank, world)`` only every ``world``-th image from
-``rank`` is scored; under DDP the caller gathers the per-rank frames (e.g. ``all_gather_object``)
-and concatenates them.
+``rank`` is scored and the frame's index holds each row's input position, so
+``harness.launch.distributed.gather_frames`` puts the ranks' frames back in input order. Under
+``torchrun``, ``harness eval`` does exactly that.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from rich.table import Table
 
 from harness.data.io import list_images, read_image
 from harness.errors import HarnessError
+from harness.launch.distributed import ensure_process_group, gather_frames, rank_world
 from harness.metrics.base import Metric, build_metric
 
 _WORKER_METRICS: dict[str, Metric] = {}
@@ -74,14 +76,16 @@ def score_images(pairs: Iterable[Any], metrics: dict[str, Metric], workers: int 
     """Score image files: one row per image (``image`` + one column per metric), input order.
 
     ``pairs``: ImagePairs, paths, or ``(name, path, reference path | None)`` tuples.
-    ``workers`` > 1 uses that many spawned processes. ``shard=(rank, world)`` scores a slice;
-    the caller gathers the slices.
+    ``workers`` > 1 uses that many spawned processes. ``shard=(rank, world)`` scores a slice,
+    indexed by input position; the caller gathers the slices (``gather_frames``).
     """
     jobs = [_as_job(p) for p in pairs]
+    positions = None
     if shard is not None:
         rank, world = shard
         if not 0 <= rank < world:
             raise HarnessError(f"shard {shard} is not (rank, world) with 0 <= rank < world")
+        positions = range(len(jobs))[rank::world]
         jobs = jobs[rank::world]
     if workers < 1:
         raise HarnessError(f"workers must be at least 1, got {workers}")
@@ -101,7 +105,7 @@ def score_images(pairs: Iterable[Any], metrics: dict[str, Metric], workers: int 
                 for fut in as_completed(futures):
                     rows[futures[fut]] = fut.result()
                     bar.advance(task)
-    return pd.DataFrame(rows, columns=["image", *metrics])
+    return pd.DataFrame(rows, columns=["image", *metrics], index=positions)
 
 
 def score_arrays(items: Iterable[tuple[str, np.ndarray, np.ndarray | None]],
@@ -134,9 +138,9 @@ def eval_command(
     metrics: str = typer.Option("fade,entropy", "--metrics", help="Comma-separated metric names."),
     reference: Optional[Path] = typer.Option(None, "--reference", help="Ground-truth folder (same file stems)."),
     out: Optional[Path] = typer.Option(None, "--out", help="CSV path (default: <image_dir>/scores.csv)."),
-    workers: int = typer.Option(1, "--workers", help="Worker processes."),
+    workers: int = typer.Option(1, "--workers", help="Worker processes (per rank under torchrun)."),
 ) -> None:
-    """Score every image in a folder; write per-image CSV and print the means."""
+    """Score every image in a folder; write per-image CSV and print the means (under torchrun: sharded by rank)."""
     names = [m.strip() for m in metrics.split(",") if m.strip()]
     if not names:
         raise HarnessError("no metric given", "pass --metrics fade,entropy")
@@ -144,7 +148,19 @@ def eval_command(
     needs_ref = [n for n, m in built.items() if m.spec.needs_reference]
     if needs_ref and reference is None:
         raise HarnessError(f"metric(s) {', '.join(needs_ref)} need ground truth", "pass --reference FOLDER")
-    table = score_images(_folder_jobs(image_dir, reference), built, workers=workers)
+    jobs = _folder_jobs(image_dir, reference)
+    rank, world = rank_world()
+    if world == 1:
+        table = score_images(jobs, built, workers=workers)
+    else:  # torchrun: every rank scores its shard, rank 0 writes and prints
+        ensure_process_group("gloo")  # scoring is CPU work; gloo needs no GPU per rank
+        try:
+            table = score_images(jobs, built, workers=workers, progress=rank == 0, shard=(rank, world))
+        except Exception as err:
+            table = err
+        table = gather_frames(table)
+        if rank != 0:
+            return
     out = out or image_dir / "scores.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(out, index=False)
