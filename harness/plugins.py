@@ -7,6 +7,7 @@ import importlib
 PLUGIN_MODULES = (
     "harness.models",
     "harness.adapt.methods",
+    "harness.adapt.graft",
     "harness.data.datasets",
     "harness.metrics",
     "harness.guide",

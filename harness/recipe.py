@@ -255,14 +255,20 @@ def _validate_entries(recipe: Recipe, path: Path, root: yaml.Node | None) -> Non
                                    f"use one of: {', '.join(registry.names())}")
             params = entry.spec() if key == "backbones" else entry.params
             params.pop("type", None)
+            swept = entry.sweep if isinstance(entry, MethodEntry) else {}
             try:
-                coerced = registry.validate(entry.type, params, where=f"{key}[{i}]")
+                empty = [name for name, values in swept.items() if not values]
+                if empty:
+                    raise HarnessError(f"sweep {empty[0]!r} of {key}[{i}] lists no values", "give at least one value")
+                first = {**params, **{name: values[0] for name, values in swept.items()}}
+                coerced = registry.validate(entry.type, first, where=f"{key}[{i}]")
+                if key == "methods" and isinstance(coerced.get("source"), dict):
+                    coerced["source"] = _validated_source(coerced["source"], f"{key}[{i}].source")
                 # keep the typed values (YAML reads 1e-4 as a string) for the keys the recipe gave
                 entry.__pydantic_extra__.update({k: coerced[k] for k in entry.params if k in coerced})
-                if isinstance(entry, MethodEntry):
-                    for name, values in entry.sweep.items():
-                        for v in values:
-                            registry.validate(entry.type, {**params, name: v}, where=f"{key}[{i}].sweep")
+                for name, values in swept.items():
+                    swept[name] = [registry.validate(entry.type, {**first, name: v}, where=f"{key}[{i}].sweep")[name]
+                                   for v in values]
             except HarnessError as err:
                 raise HarnessError(f"{where}: {err}") from None
     guide_params = dict(recipe.guide.params)
@@ -272,6 +278,22 @@ def _validate_entries(recipe: Recipe, path: Path, root: yaml.Node | None) -> Non
         GUIDES.validate(recipe.guide.type, guide_params, where="guide")
     except HarnessError as err:
         raise HarnessError(f"{path}:{_line_of(root, ('guide',)) or '?'}: {err}") from None
+
+
+def _validated_source(source: dict[str, Any], where: str) -> dict[str, Any]:
+    """A nested method spec (e.g. graft's ``source``) checked like a top-level method, typed."""
+    params = {k: v for k, v in source.items() if k not in ("type", "h2c")}
+    if source.get("type") not in METHODS:
+        raise HarnessError(f"unknown method {source.get('type')!r} in {where}",
+                           f"use one of: {', '.join(METHODS.names())}")
+    coerced = METHODS.validate(source["type"], params, where=where)
+    spec = {"type": source["type"], **{k: coerced[k] for k in params}}  # as given, like a top-level entry
+    if "h2c" in source:
+        try:
+            spec["h2c"] = H2COverride.model_validate(source["h2c"]).model_dump(exclude_none=True)
+        except pydantic.ValidationError as err:
+            raise HarnessError(f"bad value for {where}.h2c: {err.errors()[0]['msg']}") from None
+    return spec
 
 
 def missing_paths(recipe: Recipe) -> list[tuple[str, Path]]:
@@ -329,7 +351,6 @@ def expand(recipe: Recipe) -> list[Cell]:
     """
     budget = recipe.budget.model_dump()
     pretrain_budget = {k: budget[k] for k in ("pretrain_steps", "pretrain_lr", "batch_size", "patch_size")}
-    adapt_budget = {k: budget[k] for k in ("batch_size", "patch_size")}
     scoring = {
         "benchmarks": [b.spec() for b in recipe.benchmarks],
         "metrics": [m.spec() for m in recipe.metrics],
@@ -346,10 +367,7 @@ def expand(recipe: Recipe) -> list[Cell]:
     grid = itertools.product(recipe.backbones, recipe.pretrain, recipe.target, methods, recipe.seeds)
     for index, (bb, pre, tgt, (method, method_label), seed) in enumerate(grid):
         pretrain_id = stable_hash({"backbone": bb.spec(), "data": pre.spec(), "budget": pretrain_budget, "seed": seed})
-        adapt_id = stable_hash({
-            "pretrain": pretrain_id, "target": tgt.spec(), "split": recipe.target_split, "method": method,
-            "guide": recipe.guide.spec(), "budget": adapt_budget, "seed": seed,
-        })
+        adapt_id = adapt_key(recipe, pretrain_id, tgt.spec(), method, seed)
         cells.append(Cell(
             index=index, backbone=bb.spec(), pretrain=pre.spec(), target=tgt.spec(), method=method, seed=seed,
             labels={"backbone": bb.name, "pretrain": pre.name, "target": tgt.name, "method": method_label},
@@ -357,3 +375,12 @@ def expand(recipe: Recipe) -> list[Cell]:
             id=stable_hash({"adapt": adapt_id, "scoring": scoring}),
         ))
     return cells
+
+
+def adapt_key(recipe: Recipe, pretrain_id: str, target: dict[str, Any], method: dict[str, Any], seed: int) -> str:
+    """The id of an adaptation: everything that can change the adapted weights."""
+    budget = {k: getattr(recipe.budget, k) for k in ("batch_size", "patch_size")}
+    return stable_hash({
+        "pretrain": pretrain_id, "target": target, "split": recipe.target_split, "method": method,
+        "guide": recipe.guide.spec(), "budget": budget, "seed": seed,
+    })

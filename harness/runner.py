@@ -27,20 +27,16 @@ from harness.adapt.base import AdaptJob
 from harness.benchmark import score_model
 from harness.data.sequence import ImageSequence
 from harness.errors import HarnessError
+from harness.launch.distributed import rank_world
 from harness.metrics.base import Metric, build_metric
 from harness.metrics.efficiency import efficiency_figures, peak_memory
 from harness.models.base import build_backbone
 from harness.pretrain.supervised import pretrain_supervised
 from harness.provenance import environment, git_state, package_versions
-from harness.recipe import Cell, Recipe, expand, stable_hash
+from harness.recipe import Cell, Recipe, adapt_key, expand, stable_hash
 from harness.registry import DATASETS, METHODS
 from harness.store import (RunStore, atomic_write_bytes, atomic_write_json, file_sha256, load_weights, save_weights,
                            sidecar, weights_ready)
-
-
-def dist_rank_world() -> tuple[int, int]:
-    """(rank, world size) from torchrun's environment; (0, 1) when run directly."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -212,10 +208,12 @@ class RecipeRunner:
                     batch_size=self.recipe.budget.batch_size, patch_size=self.recipe.budget.patch_size,
                     workdir=folder / "work", seed=cell.seed, device=self.device,
                 )
+                if "source" in method:
+                    job.source_model = self.source_model(cell)
                 task, job.progress = self._task(f"adapt {cell.labels['method']}", 1)
                 torch.manual_seed(cell.seed)
                 start = time.perf_counter()
-                with peak_memory(self.device) as mem:
+                with peak_memory(self.device, model=(base, job.loss_fn, job.source_model)) as mem:
                     result = adapter.run(job)
                 seconds = time.perf_counter() - start
                 self.progress.remove_task(task)
@@ -233,6 +231,20 @@ class RecipeRunner:
         model = build_backbone(bb["type"], bb["variant"], **extra).deploy()
         meta = load_weights(path, model)
         return model.to(self.device).eval(), meta
+
+    def source_cell(self, cell: Cell) -> Cell:
+        """The cell whose adaptation ``cell``'s method builds on (its ``source:`` method spec)."""
+        source = cell.method["source"]
+        return cell.model_copy(update={
+            "method": source, "adapt_id": adapt_key(self.recipe, cell.pretrain_id, cell.target, source, cell.seed),
+            "labels": {**cell.labels, "method": source["type"]},
+        })
+
+    def source_model(self, cell: Cell) -> torch.nn.Module:
+        """The adapted model of ``cell``'s source method, adapted now unless cached."""
+        source = self.source_cell(cell)
+        model, _ = self.adapted(source, self.pretrained(source))
+        return model
 
     def _stamp_adapter(self, adapter: Path | None, cell: Cell, guide_info: dict[str, Any] | None) -> None:
         """Record in an adapter's sidecar which base checkpoint, backbone and guide it belongs to."""
@@ -289,7 +301,7 @@ class RecipeRunner:
 
     def run(self, force: bool = False) -> RunSummary:
         cells = expand(self.recipe)
-        rank, world = dist_rank_world()
+        rank, world = rank_world()
         mine = [c for c in cells if c.index % world == rank]
         summary = RunSummary(self.store.root, total=len(cells))
         self._write_run_files(cells)
@@ -327,9 +339,11 @@ class RecipeRunner:
                 self.dataset(entry.spec())
             self.metrics()
         for c in todo:
-            if not weights_ready(self.store.adapted_dir(c.adapt_id) / "model.safetensors") and \
-                    build_method(c.method).needs_loss:
-                self.loss(c.method)
+            pending = [c] + ([self.source_cell(c)] if "source" in c.method else [])
+            for p in pending:
+                if not weights_ready(self.store.adapted_dir(p.adapt_id) / "model.safetensors") and \
+                        build_method(p.method).needs_loss:
+                    self.loss(p.method)
 
     def _write_run_files(self, cells: list[Cell]) -> None:
         root = self.store.root

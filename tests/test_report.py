@@ -68,3 +68,16 @@ def test_published_numbers_match_columns_case_insensitively(tmp_path):
     ours = next(r for r in rows if r[0].startswith("BiLaLoRA (DEA) (Table 2"))
     assert ours[1:] == ["0.752", "7.541"]
     assert baselines_markdown([paper], ["hazy/psnr"]) == ""
+
+
+def test_graft_figure_needs_two_grafted_blocks(tmp_path):
+    from harness.report.figures import graft_figure
+
+    source = {"type": "full_ft", "steps": 4}
+    recs = [record("pretrained", 0, 1.0, 20.0, 0), record("full_ft", 0, 0.8, 15.0, 1)]
+    recs[0]["cell"]["method"], recs[1]["cell"]["method"] = {"type": "none"}, source
+    for i, site in enumerate(("block1", "block2")):
+        recs.append(record(f"graft[site={site}]", 0, 0.9, 19.5 + i, 2 + i))
+        recs[-1]["cell"]["method"] = {"type": "graft", "site": site, "source": source}
+    assert graft_figure(recs[:3], tmp_path / "one.png") is None
+    assert graft_figure(recs, tmp_path / "g.png").stat().st_size > 5000

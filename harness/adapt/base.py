@@ -32,6 +32,7 @@ class AdaptJob:
     seed: int = 0
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     progress: ProgressFn | None = None
+    source_model: nn.Module | None = None  # the ``source`` method's adapted model, for analyses like graft
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Figures built only from cell records: cross-model bars and the layer-number (top-k) curve."""
+"""Figures built only from cell records: cross-model bars, the layer-number (top-k) curve, grafting bars."""
 
 from __future__ import annotations
 
@@ -68,10 +68,50 @@ def layer_number_figure(records: list[dict[str, Any]], out: Path) -> Path | None
     return out
 
 
+def graft_figure(records: list[dict[str, Any]], out: Path) -> Path | None:
+    """One bar per grafted site group: its change over the pretrained model (or its value when no
+    pretrained record exists), with the graft source (all blocks adapted) as a line."""
+    grafts = [r for r in records if r["cell"].get("method", {}).get("type") == "graft"]
+    if len(grafts) < 2:
+        return None
+    frame = records_frame(grafts)
+    col = _first_metric(frame)
+    if col is None:
+        return None
+    frame["site"] = [r["cell"]["method"]["site"] for r in grafts]
+    bars = frame.groupby("site", sort=False)[col].mean()
+
+    def mean_of(kind) -> float | None:
+        ref = records_frame([r for r in records if kind(r["cell"].get("method", {}))])
+        return float(ref[col].mean()) if not ref.empty and col in ref else None
+
+    base = mean_of(lambda m: m.get("type") == "none")
+    sources = [r["cell"]["method"]["source"] for r in grafts]
+    source = mean_of(lambda m: m in sources)
+    shift = base if base is not None else 0.0
+    fig, ax = plt.subplots(figsize=(1.2 + 0.45 * len(bars), 3.0))
+    ax.bar(range(len(bars)), bars.values - shift, color="tab:blue")
+    ax.set_xticks(range(len(bars)), bars.index, rotation=60, ha="right", fontsize="x-small")
+    if source is not None:
+        ax.axhline(source - shift, color="black", linestyle=":", linewidth=1, label="source (all blocks)")
+        ax.legend(fontsize="x-small")
+    ax.axhline(0, color="black", linewidth=0.6)
+    bench, name = col.split("/", 1)
+    metric = METRIC_NAMES.get(name, name)
+    ax.set_ylabel(f"{metric} − pretrained" if base is not None else metric, fontsize="small")
+    ax.set_title(f"grafting one adapted block ({bench})", fontsize="small")
+    ax.set_xlabel("grafted block")
+    fig.tight_layout()
+    fig.savefig(out, dpi=150)
+    plt.close(fig)
+    return out
+
+
 def write_figures(records: list[dict[str, Any]], run_dir: Path) -> dict[str, Path]:
     """Write every figure the records support into ``run_dir``; return {name: path}."""
     made = {
         "cross_model": cross_model_figure(records, run_dir / "fig_cross_model.png"),
         "layer_number": layer_number_figure(records, run_dir / "fig_layer_number.png"),
+        "graft": graft_figure(records, run_dir / "fig_graft.png"),
     }
     return {k: v for k, v in made.items() if v is not None}
