@@ -15,6 +15,7 @@ import shutil
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -284,6 +285,7 @@ class RecipeRunner:
                 **git_state(), "packages": package_versions(), "environment": environment(),
                 "device": str(self.device), "data_hashes": data_hashes, "guide": meta.get("guide"),
                 "recipe": self.recipe.name, "pretrain_seconds": pre_info.get("train_seconds"),
+                "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             },
             "metrics": means,
             "metric_directions": {n: (m.spec.lower_better if m is not None else None)

@@ -125,12 +125,21 @@ class RunStore:
         return path
 
     def records(self) -> list[dict[str, Any]]:
-        """All finished records, in cell order."""
+        """All finished records: recipes in the order they first finished a cell, then cell order.
+
+        Several recipes may share a run folder (e.g. the quickstart, then the ablation), and cell
+        indices only order the cells of one recipe.
+        """
         folder = self.root / "cells"
         if not folder.is_dir():
             return []
         records = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
-        return sorted(records, key=lambda r: r["cell"].get("index", 0))
+        first: dict[str, str] = {}
+        for r in records:
+            recipe, at = r.get("provenance", {}).get("recipe", ""), r.get("provenance", {}).get("finished_at", "")
+            first[recipe] = min(first.get(recipe, at), at)
+        return sorted(records, key=lambda r: (first[r.get("provenance", {}).get("recipe", "")],
+                                              r.get("provenance", {}).get("recipe", ""), r["cell"].get("index", 0)))
 
     def relative(self, path: Path) -> str:
         return str(Path(path).resolve().relative_to(self.root.resolve()))

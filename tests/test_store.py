@@ -54,3 +54,14 @@ def test_killed_writer_leaves_old_file_whole(tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert json.loads(target.read_text()) == {"v": "old"}
+
+
+def test_records_keep_each_recipe_together_in_the_order_the_recipes_ran(tmp_path):
+    store = RunStore(tmp_path)
+    runs = [("quickstart", "2026-01-01T10:00:00", 3), ("ablation", "2026-01-01T11:00:00", 2)]
+    for recipe, at, count in runs:
+        for index in reversed(range(count)):
+            store.write_record(f"{recipe}{index}", {"cell": {"index": index},
+                                                    "provenance": {"recipe": recipe, "finished_at": at}})
+    order = [(r["provenance"]["recipe"], r["cell"]["index"]) for r in store.records()]
+    assert order == [("quickstart", 0), ("quickstart", 1), ("quickstart", 2), ("ablation", 0), ("ablation", 1)]

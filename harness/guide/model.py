@@ -41,6 +41,7 @@ class Guide:
         self.model.eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
+            p.grad = None  # a guide trained in this process keeps no gradients of its last step
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """NCHW images in [0, 1] -> the model's input: resized, then normalised exactly once."""
