@@ -8,13 +8,11 @@ times, side by side on the same deployed DEA-Net, batch and loss (interleaved ro
   (b) LoRA FT: rank-8 LoRA at ``top_k`` = 3 kept groups, Adam on A/B only (``finetune_lora``):
       1 forward + 1 backward that stops at the earliest kept site and skips frozen weight gradients
   (c) bilevel search: ``lower_step`` + ``upper_step``, LoRA + gate at every candidate group:
-      3 forwards (x; x and v again) + 5 backwards (lower; then ``hypergradient`` takes d/dw and d/da
-      of both losses as four separate ``autograd.grad`` calls)
+      3 forwards (x; x and v again) + 3 backwards (lower; then ``hypergradient`` takes one
+      ``autograd.grad`` per loss over w and a together)
   (d) naive joint search: ``lower_step`` over LoRA + gates: 1 forward + 1 backward
 
-plus, to explain the numbers: (c-) a bilevel warm-up step (``lower_step`` only), (c*) the same
-bilevel step with one ``autograd.grad`` per loss over w and a together (same hypergradient, 3
-forwards + 3 backwards; not what the harness does), (b') LoRA at the three earliest groups
+plus, to explain the numbers: (c-) a bilevel warm-up step (``lower_step`` only), (b') LoRA at the three earliest groups
 (backward reaches the input) and (g) the H2C loss alone (guide forward + backward to the image).
 
 The loss is the real H2C loss (``H2CLoss``) through a guide: ``--guide tiny`` (default) is the
@@ -46,7 +44,6 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from harness.adapt.hypergrad import hypergradient
 from harness.adapt.lora import (
     gate_parameters,
     inject_lora,
@@ -65,9 +62,8 @@ METHODS = {  # key: (label, passes)
     "a": ("(a) full FT, Adam on every weight", "1F+1B"),
     "b": ("(b) LoRA FT, top-3 kept groups", "1F+1B (LoRA grads)"),
     "b'": ("(b') LoRA FT, 3 earliest groups", "1F+1B (LoRA grads)"),
-    "c": ("(c) bilevel search: lower+upper", "3F+5B"),
+    "c": ("(c) bilevel search: lower+upper", "3F+3B"),
     "c-": ("(c-) bilevel warm-up: lower only", "1F+1B"),
-    "c*": ("(c*) bilevel, fused autograd.grad", "3F+3B"),
     "d": ("(d) naive joint search", "1F+1B"),
     "g": ("(g) H2C loss alone (guide)", "guide 1F+1B"),
 }
@@ -105,21 +101,6 @@ def _adam_step(model: torch.nn.Module, params: list[torch.nn.Parameter], loss_fn
     return step
 
 
-def fused_hypergradient(lower: torch.Tensor, upper: torch.Tensor, w: list[torch.Tensor], a: list[torch.Tensor],
-                        eps: float = 1e-12) -> list[torch.Tensor]:
-    """``hypergradient`` with one ``autograd.grad`` per loss (w and a together): 2 backwards, not 4."""
-    n = len(w)
-
-    def grads(loss: torch.Tensor) -> list[torch.Tensor]:
-        g = torch.autograd.grad(loss, w + a, allow_unused=True)
-        return [torch.zeros_like(p) if gi is None else gi for p, gi in zip(w + a, g)]
-
-    f, big_f = grads(lower), grads(upper)
-    dot = sum((x * y).sum() for x, y in zip(big_f[:n], f[:n]))
-    coef = dot / (sum((x * x).sum() for x in f[:n]) + eps)
-    return [gF - coef * gf for gF, gf in zip(big_f[n:], f[n:])]
-
-
 def build_steps(base: torch.nn.Module, loss_fn, rank: int, alpha: float, lr: float, gate_lr: float,
                 keep: list[str]) -> tuple[dict[str, Step], dict[str, int]]:
     """One step function per method, each on its own copy of ``base``; and trainable counts."""
@@ -153,27 +134,16 @@ def build_steps(base: torch.nn.Module, loss_fn, rank: int, alpha: float, lr: flo
             return model, w, a, torch.optim.Adam(w, lr=lr), torch.optim.Adam(a, lr=gate_lr)
         return model, w, a, torch.optim.Adam([{"params": w, "lr": lr}, {"params": a, "lr": gate_lr}]), None
 
-    for key in ("c", "c-", "c*"):
+    for key in ("c", "c-"):
         model, w, a, lower_opt, upper_opt = searched(bilevel=True)
         trainable[key] = sum(p.numel() for p in w + a)
         if key == "c":
             def step(x, v, model=model, w=w, a=a, lo=lower_opt, up=upper_opt):
                 lower_step(model, w, lo, x, loss_fn)
                 upper_step(model, w, a, up, x, v, loss_fn)
-        elif key == "c-":
+        else:
             def step(x, v, model=model, w=w, lo=lower_opt):
                 lower_step(model, w, lo, x, loss_fn)
-        else:
-            def step(x, v, model=model, w=w, a=a, lo=lower_opt, up=upper_opt):
-                lower_step(model, w, lo, x, loss_fn)
-                lower = loss_fn(model(x), x)  # exactly upper_step, with the fused hypergradient
-                upper = loss_fn(model(v), v)
-                finite_or_fail(upper, 0, "benchmark")
-                up.zero_grad(set_to_none=True)
-                for p, h in zip(a, fused_hypergradient(lower, upper, w, a)):
-                    p.grad = h
-                up.step()
-                upper.item()
         steps[key] = step
 
     model, w, a, opt, _ = searched(bilevel=False)
@@ -186,25 +156,6 @@ def build_steps(base: torch.nn.Module, loss_fn, rank: int, alpha: float, lr: flo
 
     steps["g"], trainable["g"] = guide_only, 0
     return {k: steps[k] for k in METHODS}, trainable
-
-
-def check_fused(base: torch.nn.Module, loss_fn, rank: int, alpha: float, x: torch.Tensor,
-                v: torch.Tensor) -> tuple[float, float]:
-    """(max |fused - harness hypergradient|, max |harness hypergradient|) on one graph (B randomised
-    so the gates get a gradient)."""
-    model = copy.deepcopy(base).train()
-    a = list(inject_lora(model, select_sites(model), rank, alpha).values())
-    w = lora_parameters(model)
-    with torch.no_grad():
-        for p in w:
-            p.normal_(std=0.02)
-    for p in w + a:
-        p.requires_grad_(True)
-    lower, upper = loss_fn(model(x), x), loss_fn(model(v), v)
-    ref = hypergradient(lower, upper, w, a)
-    fused = fused_hypergradient(lower, upper, w, a)
-    return (max((r - f).abs().max().item() for r, f in zip(ref, fused)),
-            max(r.abs().max().item() for r in ref))
 
 
 def _sync(device: torch.device) -> None:
@@ -276,11 +227,9 @@ def main(argv: list[str] | None = None) -> dict:
             t = time_steps(steps, x, v, args.warmup, args.repeats, device)
         seconds[variant, patch] = t
         ratios[variant, patch] = {k: s / t["a"] for k, s in t.items()}
-        diff, size = check_fused(base, loss_fn, args.rank, args.alpha, x, v)
         notes.append(f"DEA-Net {variant}: {count_params(base):,} params (deploy form), {len(base.lora_sites())} "
                      f"candidate groups; trainable (a) {trainable['a']:,}, (b) {trainable['b']:,}, "
-                     f"(c) {trainable['c']:,}; (c*) vs harness hypergradient max |diff| {diff:.1e} "
-                     f"(max |h| {size:.1e}, patch {patch})")
+                     f"(c) {trainable['c']:,}")
 
     where = (torch.cuda.get_device_name(device) if device.type == "cuda"
              else f"CPU, {torch.get_num_threads()} threads")
