@@ -197,3 +197,15 @@ def test_eval_command_writes_csv_and_checks_its_inputs(small_folder, tmp_path, c
     (clear / "2.png").unlink()
     with pytest.raises(HarnessError, match="no reference .* 2.png"):
         eval_command(hazy, metrics="psnr", reference=clear, out=None, workers=1)
+
+
+def test_eval_names_a_corrupt_file_and_skips_it_only_when_asked(small_folder, tmp_path, capsys):
+    hazy, _ = small_folder
+    (hazy / "9.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)  # a PNG signature, then nothing
+    with pytest.raises(HarnessError, match=r"cannot decode image .*9\.png"):
+        eval_command(hazy, metrics="entropy", reference=None, out=tmp_path / "a.csv", workers=1)
+    for workers in (1, 2):
+        out = tmp_path / f"w{workers}.csv"
+        eval_command(hazy, metrics="entropy", reference=None, out=out, workers=workers, skip_corrupt=True)
+        assert list(pd.read_csv(out).image) == ["0.png", "1.png", "2.png"]
+        assert "skipped: cannot decode image" in capsys.readouterr().err

@@ -35,7 +35,7 @@ def read_image(path: str | Path) -> np.ndarray:
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise HarnessError(
             f"cannot decode image {path}: {err.__class__.__name__}",
-            "replace or delete the file, or set data.on_corrupt: skip in the recipe",
+            "replace or delete the file, or set on_corrupt: skip in the recipe (harness eval: --skip-corrupt)",
         ) from None
     return arr
 

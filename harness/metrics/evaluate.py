@@ -14,7 +14,7 @@ import os
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
-from typing import Any, Optional
+from typing import Annotated, Any, Optional
 
 import numpy as np
 import pandas as pd
@@ -58,9 +58,21 @@ def _init_worker(metrics: dict[str, Metric]) -> None:
     _WORKER_METRICS.update(metrics)
 
 
-def _score_file(job: tuple[str, Path, Path | None]) -> dict[str, Any]:
+def _score_job(job: tuple[str, Path, Path | None], metrics: dict[str, Metric],
+               on_corrupt: str = "fail") -> dict[str, Any] | str:
+    """The row of one file; with ``on_corrupt="skip"`` an undecodable file gives its error text instead."""
     name, path, ref = job
-    return _score_one(name, read_image(path), read_image(ref) if ref is not None else None, _WORKER_METRICS)
+    try:
+        image, reference = read_image(path), (read_image(ref) if ref is not None else None)
+    except HarnessError as err:
+        if on_corrupt == "skip":
+            return str(err)
+        raise
+    return _score_one(name, image, reference, metrics)
+
+
+def _score_file(job: tuple[str, Path, Path | None], on_corrupt: str) -> dict[str, Any] | str:
+    return _score_job(job, _WORKER_METRICS, on_corrupt)
 
 
 def _pixels(path: Path) -> int:
@@ -72,15 +84,18 @@ def _pixels(path: Path) -> int:
 
 
 def score_images(pairs: Iterable[Any], metrics: dict[str, Metric], workers: int = 1, progress: bool = True,
-                 shard: tuple[int, int] | None = None) -> pd.DataFrame:
+                 shard: tuple[int, int] | None = None, on_corrupt: str = "fail") -> pd.DataFrame:
     """Score image files: one row per image (``image`` + one column per metric), input order.
 
     ``pairs``: ImagePairs, paths, or ``(name, path, reference path | None)`` tuples.
     ``workers`` > 1 uses that many spawned processes. ``shard=(rank, world)`` scores a slice,
     indexed by input position; the caller gathers the slices (``gather_frames``).
+    ``on_corrupt="skip"`` leaves out files that cannot be decoded, each named in a warning.
     """
+    if on_corrupt not in ("fail", "skip"):
+        raise HarnessError(f"on_corrupt must be 'fail' or 'skip', got {on_corrupt!r}")
     jobs = [_as_job(p) for p in pairs]
-    positions = None
+    positions = range(len(jobs))
     if shard is not None:
         rank, world = shard
         if not 0 <= rank < world:
@@ -94,18 +109,23 @@ def score_images(pairs: Iterable[Any], metrics: dict[str, Metric], workers: int 
         task = bar.add_task("scoring", total=len(jobs))
         if workers == 1 or len(jobs) < 2:
             for i, job in enumerate(jobs):
-                rows[i] = _score_one(job[0], read_image(job[1]), read_image(job[2]) if job[2] else None, metrics)
+                rows[i] = _score_job(job, metrics, on_corrupt)
                 bar.advance(task)
         else:
             ctx = mp.get_context("spawn")
             with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=ctx, initializer=_init_worker,
                                      initargs=(metrics,)) as pool:
                 order = sorted(range(len(jobs)), key=lambda i: -_pixels(jobs[i][1]))  # largest first: no long tail
-                futures = {pool.submit(_score_file, jobs[i]): i for i in order}
+                futures = {pool.submit(_score_file, jobs[i], on_corrupt): i for i in order}
                 for fut in as_completed(futures):
                     rows[futures[fut]] = fut.result()
                     bar.advance(task)
-    return pd.DataFrame(rows, columns=["image", *metrics], index=positions)
+    kept = [i for i, row in enumerate(rows) if not isinstance(row, str)]
+    for row in rows:
+        if isinstance(row, str):
+            Console(stderr=True).print(f"[yellow]skipped: {row}[/]", highlight=False)
+    index = [positions[i] for i in kept] if shard is not None else None
+    return pd.DataFrame([rows[i] for i in kept], columns=["image", *metrics], index=index)
 
 
 def score_arrays(items: Iterable[tuple[str, np.ndarray, np.ndarray | None]],
@@ -139,6 +159,8 @@ def eval_command(
     reference: Optional[Path] = typer.Option(None, "--reference", help="Ground-truth folder (same file stems)."),
     out: Optional[Path] = typer.Option(None, "--out", help="CSV path (default: <image_dir>/scores.csv)."),
     workers: int = typer.Option(1, "--workers", help="Worker processes (per rank under torchrun)."),
+    skip_corrupt: Annotated[bool, typer.Option("--skip-corrupt", help="Leave out (and name) undecodable files.")]
+    = False,
 ) -> None:
     """Score every image in a folder; write per-image CSV and print the means (under torchrun: sharded by rank)."""
     names = [m.strip() for m in metrics.split(",") if m.strip()]
@@ -149,13 +171,15 @@ def eval_command(
     if needs_ref and reference is None:
         raise HarnessError(f"metric(s) {', '.join(needs_ref)} need ground truth", "pass --reference FOLDER")
     jobs = _folder_jobs(image_dir, reference)
+    on_corrupt = "skip" if skip_corrupt else "fail"
     rank, world = rank_world()
     if world == 1:
-        table = score_images(jobs, built, workers=workers)
+        table = score_images(jobs, built, workers=workers, on_corrupt=on_corrupt)
     else:  # torchrun: every rank scores its shard, rank 0 writes and prints
         ensure_process_group("gloo")  # scoring is CPU work; gloo needs no GPU per rank
         try:
-            table = score_images(jobs, built, workers=workers, progress=rank == 0, shard=(rank, world))
+            table = score_images(jobs, built, workers=workers, progress=rank == 0, shard=(rank, world),
+                                 on_corrupt=on_corrupt)
         except Exception as err:
             table = err
         table = gather_frames(table)
