@@ -2,7 +2,6 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -87,18 +86,12 @@ def test_score_model_shards_merge_to_the_single_process_csv(folder, tmp_path, mo
         benchmark.score_model(scores_dir=tmp_path / "x", shard=(1, 2), **args)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _torchrun(*args: str) -> subprocess.CompletedProcess:
-    """``python -m torch.distributed.run --nproc_per_node 2 ARGS`` on CPU (gloo) at a free port; must succeed."""
+    """``python -m torch.distributed.run --standalone --nproc_per_node 2 ARGS`` on CPU (gloo); must succeed."""
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
-    env.update(OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1", CUDA_VISIBLE_DEVICES="")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-           str(_free_port()), *args]
+    env.update(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    # --standalone: torchrun picks a free port itself (no window in which another process takes it)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args]
     done = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stdout + done.stderr
     return done
