@@ -63,7 +63,7 @@ def _one_thread_children() -> Iterator[None]:
     The variables must be in the environment when a worker starts: its initializer runs only after
     the metrics were unpickled, i.e. after numpy (and its thread pool) is loaded. Measured on the
     42 real hazy photos (FADE + entropy, 2 cores): 2 workers gave 1.13x one in-process worker with
-    inherited thread counts, 1.57x with one thread each.
+    inherited thread counts, 1.44-1.57x with one thread each.
     """
     saved = {k: os.environ.get(k) for k in _THREAD_VARS}
     os.environ.update({k: "1" for k in _THREAD_VARS})
