@@ -54,6 +54,8 @@ def test_adapter_refuses_another_base(tmp_path):
     model, _ = load_checkpoint(other)
     with pytest.raises(HarnessError, match="another base checkpoint"):
         apply_adapter(model, path, base_checkpoint=other)
+    with pytest.raises(HarnessError, match="another base checkpoint"):
+        AdapterSwitch(model, other).use(path)  # the switch hashes its base once, and still checks
 
 
 def test_switching_adapters_on_one_base_is_exact(tmp_path):

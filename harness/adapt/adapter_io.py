@@ -27,13 +27,18 @@ def read_adapter(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
 
 
 @torch.no_grad()
-def apply_adapter(model: nn.Module, path: Path, base_checkpoint: Path | None = None) -> nn.Module:
-    """Merge the adapter at ``path`` into ``model`` (in place); a different base is refused."""
+def apply_adapter(model: nn.Module, path: Path, base_checkpoint: Path | None = None,
+                  base_sha256: str | None = None) -> nn.Module:
+    """Merge the adapter at ``path`` into ``model`` (in place); a different base is refused.
+
+    The base is identified by ``base_sha256`` or, when not given, by hashing ``base_checkpoint``.
+    """
     meta, tensors = read_adapter(path)
-    if base_checkpoint is not None and meta.get("base_sha256"):
-        if file_sha256(Path(base_checkpoint)) != meta["base_sha256"]:
-            raise HarnessError(f"adapter {path} was trained on another base checkpoint than {base_checkpoint}",
-                               "pass the --checkpoint the adapter was trained from (its sha256 is in the adapter's .json)")
+    if base_sha256 is None and base_checkpoint is not None:
+        base_sha256 = file_sha256(Path(base_checkpoint))
+    if base_sha256 is not None and meta.get("base_sha256") and base_sha256 != meta["base_sha256"]:
+        raise HarnessError(f"adapter {path} was trained on another base checkpoint than {base_checkpoint or 'this one'}",
+                           "pass the --checkpoint the adapter was trained from (its sha256 is in the adapter's .json)")
     inject_lora(model, meta["sites"], meta["rank"], meta["alpha"])
     for name, module in lora_modules(model).items():
         module.lora_A.weight.copy_(tensors[f"{name}.lora_A"])
@@ -49,14 +54,15 @@ class AdapterSwitch:
     def __init__(self, model: nn.Module, base_checkpoint: Path | None = None):
         self.model = model
         self.base_checkpoint = base_checkpoint
+        self._base_sha256 = file_sha256(Path(base_checkpoint)) if base_checkpoint is not None else None
         self._base = {k: v.detach().clone() for k, v in model.state_dict().items()}
         self.active: Path | None = None
 
     @torch.no_grad()
     def use(self, adapter: Path | None) -> nn.Module:
-        """Make ``adapter`` (or none) the active one; no disk read of the base."""
+        """Make ``adapter`` (or none) the active one; no disk read (or re-hash) of the base."""
         self.model.load_state_dict(self._base)
         if adapter is not None:
-            apply_adapter(self.model, adapter, self.base_checkpoint)
+            apply_adapter(self.model, adapter, self.base_checkpoint, base_sha256=self._base_sha256)
         self.active = adapter
         return self.model
