@@ -54,6 +54,8 @@ def run_command(
     dry_run: bool = typer.Option(False, "--dry-run", help="validate and list the cells, run nothing"),
 ) -> None:
     """Train, adapt and score every cell of RECIPE, then write the report into the run folder."""
+    from harness.launch.distributed import rank_world
+    from harness.recipe import expand
     from harness.report.tables import write_report
     from harness.runner import RecipeRunner
 
@@ -67,6 +69,12 @@ def run_command(
     (run_dir).mkdir(parents=True, exist_ok=True)
     (run_dir / "command.txt").write_text(shlex.join(sys.argv) + "\n")
     summary = runner.run(force=force)
+    rank, world = rank_world()
+    if world > 1 and not all(runner.store.is_done(c.id) for c in expand(spec)):
+        # another rank still has cells; whichever rank finds every record present writes the report
+        console.print(f"rank {rank}: {len(summary.ran)} cell(s) run, {summary.skipped} already finished; "
+                      "the rank that finishes last writes the report")
+        return
     written = write_report(run_dir, baselines=spec.baselines)
     console.print(written["md"].read_text(), markup=False, highlight=False)
     console.print(

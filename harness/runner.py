@@ -8,21 +8,26 @@ rank; file locks keep two ranks (or two runs) from training the same checkpoint 
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import yaml
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from harness.adapt.base import AdaptJob
 from harness.benchmark import score_model
@@ -36,8 +41,17 @@ from harness.pretrain.supervised import pretrain_supervised
 from harness.provenance import environment, git_state, package_versions
 from harness.recipe import Cell, Recipe, adapt_key, expand, stable_hash
 from harness.registry import DATASETS, METHODS
-from harness.store import (RunStore, atomic_write_bytes, atomic_write_json, file_sha256, load_weights, save_weights,
-                           sidecar, weights_ready)
+from harness.store import (
+    RunStore,
+    atomic_write_bytes,
+    atomic_write_json,
+    file_lock,
+    file_sha256,
+    load_weights,
+    save_weights,
+    sidecar,
+    weights_ready,
+)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -48,17 +62,6 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise HarnessError(f"device {name!r} requested but CUDA is not available", "set device: auto or cpu")
     return torch.device(name)
-
-
-@contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -96,3 +97,16 @@ def test_kill_during_run_keeps_finished_cells(recipe, tmp_path):
     assert f"{len(kept)} already finished" in resumed.stdout
     assert {p: p.read_text() for p in kept} == kept
     assert len(list((run / "cells").glob("*.json"))) == 3
+
+
+def test_torchrun_ranks_split_the_cells_and_the_last_writes_the_report(recipe, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "harness.cli", "run", str(recipe)], cwd=tmp_path, capture_output=True, text=True,
+                          env={**env, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = [json.loads(p.read_text()) for p in (tmp_path / "run" / "cells").glob("*.json")]
+    assert sorted(r["cell"]["index"] for r in records) == [0, 1, 2]  # rank 0 ran cells 0 and 2, rank 1 cell 1
+    ran = [int(n) for n in re.findall(r"(\d+) cell\(s\) run", done.stdout)]
+    assert sorted(ran) == [1, 2]
+    assert (tmp_path / "run" / "report.md").read_text().count("\n| ") == 4  # header + all 3 methods

@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from harness.data import synth
 from harness.guide.model import TINY_MODEL, Guide, create_model
-from harness.store import file_sha256
+from harness.store import atomic_write_json, file_lock, file_sha256
 
 # (class, captions, degradation) -- the captions include the default H2C prompts.
 CAPTION_CLASSES: list[tuple[str, tuple[str, ...]]] = [
@@ -146,16 +146,17 @@ def load_embedded(steps: int = 400, seed: int = 0, cache: Path | None = None, pr
     path = cache_dir(cache) / f"{key}.safetensors"
     meta_path = path.with_suffix(".json")
     model = create_model(TINY_MODEL)
-    if path.is_file() and meta_path.is_file():
-        model.load_state_dict(load_file(str(path)))
-        summary = json.loads(meta_path.read_text())
-    else:
-        model, summary = train_embedded(steps, seed, progress=progress)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
-        os.replace(tmp, path)
-        meta_path.write_text(json.dumps(summary, indent=2))
+    with file_lock(path.with_name(f".{key}.lock")):  # torchrun ranks: one trains, the others wait and load
+        if path.is_file() and meta_path.is_file():
+            model.load_state_dict(load_file(str(path)))
+            summary = json.loads(meta_path.read_text())
+        else:
+            model, summary = train_embedded(steps, seed, progress=progress)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.tmp")
+            save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+            os.replace(tmp, path)
+            atomic_write_json(meta_path, summary)
     pre = open_clip.get_model_preprocess_cfg(model)
     info = {"type": "embedded", "model": TINY_MODEL, "config_hash": key, "pretrained": str(path),
             "sha256": file_sha256(path), "training": summary}
