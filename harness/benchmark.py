@@ -12,7 +12,7 @@ from torch import nn
 
 from harness.data.io import read_image, to_array, to_tensor, write_image
 from harness.errors import HarnessError
-from harness.launch.distributed import barrier, ensure_process_group, gather_frames
+from harness.launch.distributed import barrier, compute_and_gather, ensure_process_group
 from harness.metrics.base import Metric
 from harness.metrics.evaluate import score_arrays
 from harness.store import atomic_write_bytes
@@ -91,11 +91,7 @@ def score_model(
         if shard is None:
             table = score_arrays(items, usable)
         else:
-            try:
-                table = score_arrays(items, usable).set_axis(kept)
-            except Exception as err:  # handed to the gather, so the other ranks fail instead of waiting
-                table = err
-            table = gather_frames(table)
+            table = compute_and_gather(lambda: score_arrays(items, usable).set_axis(kept))
         if rank == 0:
             scores_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(scores_dir / f"{bench_name}.csv", table.to_csv(index=False).encode())

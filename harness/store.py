@@ -148,12 +148,15 @@ class RunStore:
         if not folder.is_dir():
             return []
         records = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+
+        def recipe(r: dict[str, Any]) -> str:
+            return r.get("provenance", {}).get("recipe", "")
+
         first: dict[str, str] = {}
         for r in records:
-            recipe, at = r.get("provenance", {}).get("recipe", ""), r.get("provenance", {}).get("finished_at", "")
-            first[recipe] = min(first.get(recipe, at), at)
-        return sorted(records, key=lambda r: (first[r.get("provenance", {}).get("recipe", "")],
-                                              r.get("provenance", {}).get("recipe", ""), r["cell"].get("index", 0)))
+            at = r.get("provenance", {}).get("finished_at", "")
+            first[recipe(r)] = min(first.get(recipe(r), at), at)
+        return sorted(records, key=lambda r: (first[recipe(r)], recipe(r), r["cell"].get("index", 0)))
 
     def relative(self, path: Path) -> str:
         return str(Path(path).resolve().relative_to(self.root.resolve()))

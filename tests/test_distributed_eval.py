@@ -14,7 +14,7 @@ from harness import benchmark
 from harness.data.datasets import ImagePair, ImageSet
 from harness.data.io import write_image
 from harness.errors import HarnessError
-from harness.launch.distributed import gather_frames, merge_frames, rank_world
+from harness.launch.distributed import compute_and_gather, gather_frames, merge_frames, rank_world
 from harness.metrics import build_metric
 from harness.metrics.evaluate import eval_command
 
@@ -53,6 +53,13 @@ def test_gather_without_a_process_group(monkeypatch):
     assert list(gather_frames(frame).image) == ["a", "b"]
     with pytest.raises(ValueError, match="boom"):
         gather_frames(ValueError("boom"))
+
+    def fails() -> pd.DataFrame:
+        raise ValueError("boom in compute")
+
+    with pytest.raises(ValueError, match="boom in compute"):
+        compute_and_gather(fails)
+    assert list(compute_and_gather(lambda: frame).image) == ["a", "b"]
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert rank_world() == (1, 2)
@@ -72,7 +79,7 @@ def test_score_model_shards_merge_to_the_single_process_csv(folder, tmp_path, mo
 
     sent = []
     monkeypatch.setattr(benchmark, "barrier", lambda: None)
-    monkeypatch.setattr(benchmark, "gather_frames", lambda frame: sent.append(frame) or merge_frames(sent))
+    monkeypatch.setattr(benchmark, "compute_and_gather", lambda compute: sent.append(compute()) or merge_frames(sent))
     for rank in (1, 0):
         monkeypatch.setattr(benchmark, "ensure_process_group", lambda rank=rank: (rank, 2))
         sharded = benchmark.score_model(scores_dir=tmp_path / f"rank{rank}", shard=(rank, 2), **args)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import atexit
 import os
 import sys
+from typing import Callable
 
 import pandas as pd
 
@@ -90,3 +91,13 @@ def gather_frames(frame: pd.DataFrame | Exception) -> pd.DataFrame:
         if not isinstance(part, pd.DataFrame):  # its message, with its fix
             raise HarnessError(f"rank {rank} failed: {part}")
     return merge_frames(parts)
+
+
+def compute_and_gather(compute: Callable[[], pd.DataFrame]) -> pd.DataFrame:
+    """``gather_frames`` of this rank's ``compute()``; a failure is handed to the gather, not raised first,
+    so the other ranks fail with it instead of waiting."""
+    try:
+        frame: pd.DataFrame | Exception = compute()
+    except Exception as err:
+        frame = err
+    return gather_frames(frame)

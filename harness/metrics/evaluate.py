@@ -27,7 +27,11 @@ from rich.table import Table
 
 from harness.data.io import list_images, read_image
 from harness.errors import HarnessError
-from harness.launch.distributed import ensure_process_group, gather_frames, rank_world
+from harness.launch.distributed import (
+    compute_and_gather,
+    ensure_process_group,
+    rank_world,
+)
 from harness.metrics.base import Metric, build_metric
 
 _WORKER_METRICS: dict[str, Metric] = {}
@@ -145,10 +149,9 @@ def score_images(pairs: Iterable[Any], metrics: dict[str, Metric], workers: int 
                 for fut in as_completed(futures):
                     rows[futures[fut]] = fut.result()
                     bar.advance(task)
+    for problem in (row for row in rows if isinstance(row, str)):
+        Console(stderr=True).print(f"[yellow]skipped: {problem}[/]", highlight=False)
     kept = [i for i, row in enumerate(rows) if not isinstance(row, str)]
-    for row in rows:
-        if isinstance(row, str):
-            Console(stderr=True).print(f"[yellow]skipped: {row}[/]", highlight=False)
     index = [positions[i] for i in kept] if shard is not None else None
     return pd.DataFrame([rows[i] for i in kept], columns=["image", *metrics], index=index)
 
@@ -202,12 +205,8 @@ def eval_command(
         table = score_images(jobs, built, workers=workers, on_corrupt=on_corrupt)
     else:  # torchrun: every rank scores its shard, rank 0 writes and prints
         ensure_process_group("gloo")  # scoring is CPU work; gloo needs no GPU per rank
-        try:
-            table = score_images(jobs, built, workers=workers, progress=rank == 0, shard=(rank, world),
-                                 on_corrupt=on_corrupt)
-        except Exception as err:
-            table = err
-        table = gather_frames(table)
+        table = compute_and_gather(lambda: score_images(jobs, built, workers=workers, progress=rank == 0,
+                                                        shard=(rank, world), on_corrupt=on_corrupt))
         if rank != 0:
             return
     out = out or image_dir / "scores.csv"
