@@ -163,7 +163,7 @@ class RecipeRunner:
                 task, update = self._task(f"pretrain {cell.labels['backbone']} on {cell.labels['pretrain']}",
                                           budget.pretrain_steps)
                 start = time.perf_counter()
-                model = pretrain_supervised(
+                model, _ = pretrain_supervised(
                     model, ImageSequence([p.hazy for p in data.pairs]), ImageSequence([p.clear for p in data.pairs]),
                     steps=budget.pretrain_steps, lr=budget.pretrain_lr, batch_size=budget.batch_size,
                     patch_size=budget.patch_size, seed=cell.seed, state_path=folder / "state.pt",

@@ -19,8 +19,9 @@ def train(tmp_path, steps, progress=None, lr=2e-3):
     torch.manual_seed(0)
     model = build_backbone("aod_net", "tiny")
     hazy, clear = pairs()
-    return pretrain_supervised(model, hazy, clear, steps=steps, lr=lr, batch_size=2, patch_size=32, seed=0,
-                               state_path=tmp_path / "state.pt", checkpoint_every=5, progress=progress)
+    model, _ = pretrain_supervised(model, hazy, clear, steps=steps, lr=lr, batch_size=2, patch_size=32, seed=0,
+                                   state_path=tmp_path / "state.pt", checkpoint_every=5, progress=progress)
+    return model
 
 
 def l1(model):
