@@ -35,7 +35,7 @@ from harness.data.sequence import ImageSequence
 from harness.errors import HarnessError
 from harness.launch.distributed import rank_world
 from harness.metrics.base import Metric, build_metric
-from harness.metrics.efficiency import efficiency_figures, peak_memory
+from harness.metrics.efficiency import efficiency_figures
 from harness.models.base import build_backbone
 from harness.pretrain.supervised import pretrain_supervised
 from harness.provenance import environment, git_state, package_versions
@@ -211,21 +211,20 @@ class RecipeRunner:
                     loss_fn=self.loss(method) if adapter.needs_loss else None,
                     batch_size=self.recipe.budget.batch_size, patch_size=self.recipe.budget.patch_size,
                     workdir=folder / "work", seed=cell.seed, device=self.device,
+                    measure_memory=True,  # the loops probe memory on a few steps, outside their train time
                 )
                 if "source" in method:
                     job.source_model = self.source_model(cell)
                 task, job.progress = self._task(f"adapt {cell.labels['method']}", 1)
                 torch.manual_seed(cell.seed)
-                start = time.perf_counter()
-                with peak_memory(self.device, model=(base, job.loss_fn, job.source_model)) as mem:
-                    result = adapter.run(job)
-                seconds = time.perf_counter() - start
+                result = adapter.run(job)
                 self.progress.remove_task(task)
                 self._stamp_adapter(result.artifacts.get("adapter"), cell, guide_info)
                 meta = {
                     "backbone": cell.backbone["type"], "variant": cell.backbone["variant"], "form": "deploy",
-                    "method": method, "train_seconds": seconds, "peak_mem_mb": mem["peak_mem_mb"],
-                    "params_trainable": result.params_trainable, "info": result.info, "guide": guide_info,
+                    "method": method, "train_seconds": result.train_seconds, "peak_mem_mb": result.peak_mem_mb,
+                    "params_trainable": result.params_trainable, "params_unmerged": result.params_unmerged,
+                    "curves": result.curves, "info": result.info, "guide": guide_info,
                     "artifacts": {k: self.store.relative(v) for k, v in result.artifacts.items()},
                 }
                 save_weights(path, result.model, meta)
@@ -278,6 +277,7 @@ class RecipeRunner:
             "peak_mem_mb": meta["peak_mem_mb"],
             **efficiency_figures(model, device=self.device),
         }
+        efficiency["params_unmerged"] = meta.get("params_unmerged") or efficiency["params_total"]
         pre_info = load_sidecar(pretrain_meta)
         data_hashes = {"pretrain": pre_info.get("data_fingerprint"),
                        "target": self.dataset(cell.target).fingerprint(),
@@ -295,6 +295,7 @@ class RecipeRunner:
                                   for n, m in self.metrics().items()},
             "efficiency": efficiency,
             "method_info": meta.get("info", {}),
+            "curves": meta.get("curves", {}),
             "artifacts": {
                 "pretrained": self.store.relative(self.store.pretrained_dir(cell.pretrain_id) / "model.safetensors"),
                 "adapted": self.store.relative(self.store.adapted_dir(cell.adapt_id) / "model.safetensors"),

@@ -30,11 +30,15 @@ def test_graft_copies_exactly_the_group_parameters(tmp_path):
                    workdir=tmp_path, source_model=source)
     result = graft(site="level3_block1", source={"type": "full_ft"}).run(job)
     moved = {k for k, v in result.model.state_dict().items() if not torch.equal(v, pristine[k])}
-    group = base.lora_sites()["level3_block1"]
-    assert moved == {f"{n}.{p}" for n in group for p in ("weight", "bias") if f"{n}.{p}" in pristine}
+    # the whole block: its two LoRA sites and its attention (item 5: not only conv1/conv2)
+    block = {k for k in pristine if k.startswith("level3_block1.")}
+    assert {k.split(".")[1] for k in block} == {"conv1", "conv2", "sa", "ca", "pa"}  # CGA attention included
+    assert moved == block and any(".conv" not in k for k in moved)
     for key in moved:
         assert torch.equal(result.model.state_dict()[key], source.state_dict()[key])
-    assert result.info["grafted_params"] == sum(pristine[k].numel() for k in moved)
+    params = dict(base.named_parameters())
+    assert result.info["grafted_params"] == sum(params[k].numel() for k in moved if k in params)
+    assert result.info["grafted_modules"] == ["level3_block1"]
     with pytest.raises(HarnessError, match="matches no site group"):
         graft(site="no_such_block", source={"type": "full_ft"}).run(job)
 
@@ -76,8 +80,8 @@ def test_graft_cells_reuse_the_source_adaptation_and_differ_from_base_only_in_th
     for block in BLOCKS:
         grafted, meta = runner.adapted(cells[f"graft[site={block}]"], base)
         diff = changed(base, grafted)
-        members = tuple(f"{name}." for name in base.lora_sites()[block])
-        assert diff and diff == {k for k in changed(base, tuned) if k.startswith(members)}
+        assert diff and diff == {k for k in changed(base, tuned) if k.startswith(f"{block}.")}
+        assert any(".conv" not in k for k in diff)  # the block's attention came along
         assert meta["info"]["grafted_groups"] == [block]
     grafts = [r for r in runner.store.records() if r["cell"]["method"]["type"] == "graft"]
     assert sorted(r["method_info"]["grafted_groups"][0] for r in grafts) == sorted(BLOCKS)
