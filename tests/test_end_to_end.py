@@ -44,8 +44,11 @@ def recipe(tmp_path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_run_rerun_report(recipe, tmp_path):
+    began = time.perf_counter()
     first = harness("run", str(recipe), cwd=tmp_path, timeout=600)
+    first_seconds = time.perf_counter() - began
     assert first.returncode == 0, first.stderr[-3000:]
     run = tmp_path / "run"
     records = sorted((run / "cells").glob("*.json"))
@@ -75,9 +78,10 @@ def test_run_rerun_report(recipe, tmp_path):
     assert second.returncode == 0, second.stderr[-3000:]
     assert "0 cell(s) run, 3 already finished" in second.stdout
     assert {p: p.stat().st_mtime_ns for p in records} == mtimes
-    assert time.perf_counter() - start < 60
+    assert time.perf_counter() - start < 0.5 * first_seconds  # nothing recomputed (a ratio: the machine may be busy)
 
 
+@pytest.mark.slow
 def test_kill_during_run_keeps_finished_cells(recipe, tmp_path):
     run = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "run", str(recipe)], cwd=tmp_path,
@@ -99,6 +103,7 @@ def test_kill_during_run_keeps_finished_cells(recipe, tmp_path):
     assert len(list((run / "cells").glob("*.json"))) == 3
 
 
+@pytest.mark.slow
 def test_torchrun_ranks_split_the_cells_and_the_last_writes_the_report(recipe, tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
