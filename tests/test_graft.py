@@ -12,7 +12,7 @@ from harness import runner
 from harness.plan import build_plan, expand
 from harness.recipe import load_recipe
 from harness.stages import adapt, pretrain
-from tests.test_end_to_end import TINY
+from tests.test_run import TINY
 
 BLOCKS = ["level3_block1", "down_level1_block2"]
 
