@@ -56,7 +56,7 @@ def run_command(
     """Train, adapt and score every cell of RECIPE, then write the report into the run folder."""
     from harness.launch.distributed import rank_world
     from harness.recipe import expand
-    from harness.report.tables import write_report
+    from harness.report.writer import write_report
     from harness.runner import RecipeRunner
 
     spec = _load(recipe, set_)
@@ -118,42 +118,19 @@ def plan_command(
         console.print(f"[yellow]warning:[/] {key}.root {folder} does not exist yet; `harness run` will stop there")
 
 
-@command("report")
-def report_command(
-    run_dir: Path = typer.Argument(..., help="a run folder written by `harness run`"),
-    format: str = typer.Option("both", "--format", help="md, latex or both"),
-    baseline: Optional[List[Path]] = typer.Option(
-        None, "--baseline", help="published-numbers YAML to show beside ours (default: the recipe's baselines)"),
-) -> None:
-    """Write comparison tables from the records in RUN_DIR."""
-    import yaml
-
-    from harness.report.tables import write_report
-
-    if not (run_dir / "cells").is_dir():
-        raise HarnessError(f"{run_dir} has no cells/ folder", "pass a run folder written by `harness run`")
-    formats = {"md": ("md",), "latex": ("latex",), "both": ("md", "latex")}.get(format)
-    if formats is None:
-        raise HarnessError(f"unknown --format {format!r}", "use md, latex or both")
-    if baseline is None and (run_dir / "recipe.yaml").is_file():
-        baseline = [Path(p) for p in (yaml.safe_load((run_dir / "recipe.yaml").read_text()) or {}).get("baselines", [])]
-    written = write_report(run_dir, formats, baselines=baseline)
-    if "md" in written:
-        console.print(written["md"].read_text(), markup=False, highlight=False)
-    console.print("[bold green]wrote[/] " + ", ".join(str(p) for p in written.values()))
-
-
 def _register_plugin_commands() -> None:
     """Commands whose functions live beside the code they drive."""
     from harness.dehaze import dehaze_command
     from harness.doctor import doctor_command
     from harness.metrics.evaluate import eval_command
     from harness.models.catalog import models_command
+    from harness.report.command import report_command
 
     command("eval")(eval_command)
     command("models")(models_command)
     command("doctor")(doctor_command)
     command("dehaze")(dehaze_command)
+    command("report")(report_command)
 
 
 _register_plugin_commands()
