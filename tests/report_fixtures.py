@@ -70,7 +70,8 @@ def _png(path: Path, image: np.ndarray) -> None:
     Image.fromarray((np.clip(image, 0, 1) * 255).round().astype(np.uint8)).save(path)
 
 
-def demo_records(run_dir: Path | None = None, seeds=(0, 1)) -> list[dict]:
+def demo_records(run_dir: Path | None = None, seeds=(0, 1), backbones=("dea_net", "msbdn"),
+                 pretrains=("thaze", "its")) -> list[dict]:
     """Two backbones × two pretraining sets × (pretrained, full_ft, naive_joint, bilalora) × seeds on
     three benchmarks, with curves, gates, sanity metrics and (given ``run_dir``) sample PNGs; full_ft
     on MSBDN collapses (red-orange, striped)."""
@@ -78,9 +79,10 @@ def demo_records(run_dir: Path | None = None, seeds=(0, 1)) -> list[dict]:
     photos = _photos()
     records = []
     methods = [({"type": "none"}, "pretrained", 0.0), ({"type": "full_ft", "steps": 330}, "full_ft", 0.3),
-               ({"type": "naive_joint", "top_k": 3}, "naive_joint", 0.2), ({"type": "bilalora", "top_k": 3}, "bilalora", 0.35)]
-    for backbone in ("dea_net", "msbdn"):
-        for pretrain in ("thaze", "its"):
+               ({"type": "naive_joint", "top_k": 3}, "naive_joint", 0.2),
+               ({"type": "bilalora", "top_k": 3}, "bilalora", 0.35)]
+    for backbone in backbones:
+        for pretrain in pretrains:
             for method, label, gain in methods:
                 for seed in seeds:
                     collapsed = backbone == "msbdn" and label == "full_ft"
@@ -126,9 +128,9 @@ def demo_records(run_dir: Path | None = None, seeds=(0, 1)) -> list[dict]:
     return records
 
 
-def demo_run(run_dir: Path, seeds=(0, 1)) -> Path:
+def demo_run(run_dir: Path, seeds=(0, 1), **axes) -> Path:
     store = RunStore(run_dir)
-    for rec in demo_records(run_dir, seeds):
+    for rec in demo_records(run_dir, seeds, **axes):
         store.write_record(rec["cell"]["id"], rec)
     return run_dir
 

@@ -11,7 +11,8 @@ from tests.report_fixtures import COLLAPSED, SANE, record
 def _three_methods() -> list[dict]:
     """pretrained, full_ft (2 seeds), bilalora on benchmarks A and B (FADE lower, Entropy higher)."""
     return [
-        record({"type": "none"}, "pretrained", {"A": {"fade": 1.50, "entropy": 7.00}, "B": {"fade": 1.10, "entropy": 7.10}}),
+        record({"type": "none"}, "pretrained", {"A": {"fade": 1.50, "entropy": 7.00},
+                                                "B": {"fade": 1.10, "entropy": 7.10}}),
         record({"type": "full_ft", "steps": 60}, "full_ft", {"A": {"fade": 1.00, "entropy": 7.30},
                                                             "B": {"fade": 0.60, "entropy": 7.20}}, seed=0),
         record({"type": "full_ft", "steps": 60}, "full_ft", {"A": {"fade": 1.20, "entropy": 7.10},
@@ -110,13 +111,14 @@ def test_collapsed_method_is_flagged_and_never_marked():
 
 def test_efficiency_table_has_the_paper_shape_and_rate():
     recs = _three_methods()
-    recs[1]["efficiency"].update(train_seconds=4.215 * 3600)
-    recs[2]["efficiency"].update(train_seconds=4.215 * 3600)
+    for ft in recs[1:3]:
+        ft["efficiency"].update(train_seconds=4.215 * 3600, params_trainable=3_653_000)
     recs[3]["efficiency"].update(train_seconds=0.940 * 3600, params_unmerged=3_764_000, params_trainable=110_592)
     (table,) = efficiency_tables(recs)
     rows = {r.label: r for r in table.rows}
     assert [c.header for c in table.columns] == ["full_ft", "bilalora", "Rate"]
-    assert rows["Train time (h)"].cells["g0"].text == "4.215 ± 0.000" and rows["Train time (h)"].cells["g1"].text == "0.940"
+    train = rows["Train time (h)"].cells
+    assert train["g0"].text == "4.215 ± 0.000" and train["g1"].text == "0.940"
     assert rows["Train time (h)"].cells["rate0"].text == "↓77.70%"  # (0.940 - 4.215) / 4.215
     assert rows["FADE↓"].cells["rate0"].text == "↑2.78%"  # Average FADE 0.9 -> 0.925
     # full fine-tuning adds no branch: its unmerged count is its deployed count

@@ -72,7 +72,8 @@ def test_report_on_the_example_run_writes_every_table_and_figure(tmp_path):
     run = example_run(tmp_path / "qs")
     written = write_report(run, ("md", "latex", "html"), with_published=True)
     md = written["md"].read_text()
-    for title in ("Comparison on the benchmarks", "Full fine-tuning against BiLaLoRA", "Ablation", "Cost of each method",
+    for title in ("Comparison on the benchmarks", "Full fine-tuning against BiLaLoRA", "Ablation",
+                  "Cost of each method",
                   "Published: BiLaLoRA paper, Table 2 (CVPR 2026)", "Published: BILD paper, Table 1 (ECCV 2022)"):
         assert f"### {title}" in md
     assert {k for k in written if k.startswith("figure:")} == {"figure:layer_number", "figure:gates", "figure:graft"}
@@ -107,6 +108,6 @@ def test_report_command_line(tmp_path):
     assert done.exit_code == 0, done.output[-2000:]
     assert (run / "report.md").is_file() and not (run / "report.tex").exists()
     bad = CliRunner().invoke(app, ["report", str(run), "--format", "docx"])
-    assert bad.exit_code == 2 and "unknown --format 'docx'" in bad.output and bad.exception.__class__.__name__ == "SystemExit"
+    assert bad.exit_code == 2 and "unknown --format 'docx'" in bad.output
     missing = CliRunner().invoke(app, ["report", str(tmp_path / "nowhere")])
     assert missing.exit_code == 2 and "has no cells/ folder" in missing.output

@@ -15,7 +15,8 @@ from typing import Any
 import yaml
 
 from harness.errors import HarnessError
-from harness.report.frame import AVERAGE, EFFICIENCY, Cell, Column, Row, Stat, Table, arrow, norm, stat_text
+from harness.report.frame import (AVERAGE, EFFICIENCY, Cell, Column, Row, Stat, Table, ablation_columns, arrow,
+                                  check_marks, norm, stat_text)
 
 BASELINES_DIR = Path(__file__).resolve().parents[2] / "baselines"
 KINDS = ("comparison", "efficiency", "ablation", "improvement", "ablation_external_loop")
@@ -37,12 +38,14 @@ class Published:
 def load_baseline(path: str | Path) -> Published:
     path = Path(path)
     if not path.is_file():
-        raise HarnessError(f"baseline file {path} not found", f"pass a YAML file such as {BASELINES_DIR}/bilalora_paper.yaml")
+        raise HarnessError(f"baseline file {path} not found",
+                           f"pass a YAML file such as {BASELINES_DIR}/bilalora_paper.yaml")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise HarnessError(f"baseline file {path} is not valid YAML ({err.__class__.__name__})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("tables"), list) or not isinstance(data.get("source"), dict):
+    if not isinstance(data, dict) or not isinstance(data.get("tables"), list) \
+            or not isinstance(data.get("source"), dict):
         raise HarnessError(f"baseline file {path} needs source: and tables:", "see baselines/bilalora_paper.yaml")
     for i, table in enumerate(data["tables"]):
         if table.get("kind") not in KINDS or not isinstance(table.get("rows"), list):
@@ -74,6 +77,10 @@ def _value(published: dict[str, Any], table: dict[str, Any], column: Column) -> 
     return None
 
 
+def _check_marks(prow: dict[str, Any]) -> dict[str, Cell]:
+    return check_marks(prow["positive"], prow["negative"], prow["positioning"]) if "positioning" in prow else {}
+
+
 def add_published_rows(table: Table, baselines: list[Published], kind: str) -> None:
     """Append the rows of every published ``kind`` table that shares a column with ``table``."""
     for pub in baselines:
@@ -88,10 +95,7 @@ def add_published_rows(table: Table, baselines: list[Published], kind: str) -> N
                 if kind == "ablation":
                     if "positioning" not in prow:
                         continue
-                    for key, on in (("positive", prow["positive"]), ("negative", prow["negative"]),
-                                    ("naive", prow["positioning"] == "naive"),
-                                    ("bilevel", prow["positioning"] == "bilevel")):
-                        cells[key] = Cell(text="✓" if on else "×")
+                    cells.update(_check_marks(prow))
                 rows.append(Row(prow["method"], cells, section=section, group=prow.get("group", ""),
                                 published=True, note=pub.cite(ptable)))
             table.rows += rows
@@ -181,10 +185,7 @@ def published_tables(baselines: list[Published]) -> list[Table]:
             metrics = {m: {"lower": True, "higher": False}.get(d) for m, d in ptable.get("metrics", {}).items()}
             columns = []
             if ptable["kind"] == "ablation" and any("positioning" in r for r in ptable["rows"]):
-                columns += [Column(k, h, "H2C loss" if k in ("positive", "negative") else "Layer positioning",
-                                   digits=None, align="c")
-                            for k, h in (("positive", "Positive"), ("negative", "Negative"), ("naive", "Naïve"),
-                                         ("bilevel", "Bilevel"))]
+                columns += ablation_columns()
             keys = list(dict.fromkeys(k for r in ptable["rows"] for k in r.get("values", {})))
             for key in keys:
                 bench, _, metric = key.partition("/")
@@ -198,11 +199,9 @@ def published_tables(baselines: list[Published]) -> list[Table]:
             table = Table(f"published_{pub.path.stem}_{ptable['id']}", f"Published: {pub.cite(ptable)}", columns,
                           notes=[ptable.get("caption", "")] + list(ptable.get("notes", [])))
             for prow in ptable["rows"]:
-                cells = {k: Cell(Stat(None if v is None else float(v), None, 1)) for k, v in prow.get("values", {}).items()}
-                if "positioning" in prow:
-                    for key, on in (("positive", prow["positive"]), ("negative", prow["negative"]),
-                                    ("naive", prow["positioning"] == "naive"), ("bilevel", prow["positioning"] == "bilevel")):
-                        cells[key] = Cell(text="✓" if on else "×")
+                cells = {k: Cell(Stat(None if v is None else float(v), None, 1))
+                         for k, v in prow.get("values", {}).items()}
+                cells.update(_check_marks(prow))
                 label = prow["method"] + (f" {prow['cite']}" if prow.get("cite") else "") + \
                     (f" ({prow['venue']})" if prow.get("venue") else "")
                 table.rows.append(Row(label, cells, group=prow.get("group", "")))

@@ -21,8 +21,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from harness.recipe import stable_hash  # noqa: E402
-from harness.report.frame import (Group, Layout, contexts, flatten, groups_of, in_paper_order,  # noqa: E402
-                                  metric_name, titles)
+from harness.report.frame import (Group, Layout, contexts, flatten, groups_of, identity,  # noqa: E402
+                                  in_paper_order, metric_name, titles)
 from harness.report.sanity import collapse_reasons  # noqa: E402
 
 LOOP_ORDER = ("search", "finetune")  # records store curves by loop name (JSON keys come back sorted)
@@ -111,8 +111,7 @@ def layer_families(groups: list[Group]) -> list[list[Group]]:
     for g in groups:
         if "top_k" not in g.method:
             continue
-        cell = {k: v for k, v in g.cell.items() if k not in ("seed", "index", "id", "pretrain_id", "adapt_id",
-                                                                 "group_id", "labels")}
+        cell = identity(g.cell)
         cell["method"] = {k: v for k, v in g.method.items() if k != "top_k"}
         families.setdefault(stable_hash(cell), []).append(g)
     return [sorted(f, key=lambda g: g.method["top_k"]) for f in families.values()

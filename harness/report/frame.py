@@ -83,11 +83,16 @@ def paper_order(metrics: Iterable[str]) -> list[str]:
 _NOT_IDENTITY = ("seed", "index", "id", "pretrain_id", "adapt_id", "group_id", "labels")
 
 
+def identity(cell: dict[str, Any]) -> dict[str, Any]:
+    """What makes a cell what it is: the cell without its seed, index, ids and labels."""
+    return {k: v for k, v in cell.items() if k not in _NOT_IDENTITY}
+
+
 def group_id(cell: dict[str, Any]) -> str:
-    """The record's ``group_id``, or the stable hash of the cell without seed, index, ids and labels."""
+    """The record's ``group_id``, or the stable hash of :func:`identity`."""
     if cell.get("group_id"):
         return str(cell["group_id"])
-    return stable_hash({k: v for k, v in cell.items() if k not in _NOT_IDENTITY})
+    return stable_hash(identity(cell))
 
 
 def context_of(cell: dict[str, Any]) -> str:
@@ -135,10 +140,6 @@ class Group:
     @property
     def context(self) -> str:
         return context_of(self.cell)
-
-    @property
-    def seeds(self) -> list[int]:
-        return [r["cell"].get("seed", 0) for r in self.records]
 
     def axis_label(self, axis: str) -> str:
         labels = self.cell.get("labels", {})
@@ -201,7 +202,7 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def _differing(cells: list[dict[str, Any]]) -> list[str]:
-    flats = [flatten({k: v for k, v in c.items() if k not in _NOT_IDENTITY}) for c in cells]
+    flats = [flatten(identity(c)) for c in cells]
     keys = list(dict.fromkeys(k for f in flats for k in f))
     method_first = sorted(keys, key=lambda k: (not k.startswith("method."), keys.index(k)))
     return [k for k in method_first if len({repr(f.get(k, "—")) for f in flats}) > 1]
@@ -219,7 +220,7 @@ def _disambiguate(groups: list[Group]) -> None:
             continue
         keys = _differing([g.cell for g in clash])[:2]
         for g in clash:
-            flat = flatten({k: v for k, v in g.cell.items() if k not in _NOT_IDENTITY})
+            flat = flatten(identity(g.cell))
             parts = [f"{k.removeprefix('method.')}={flat.get(k, '—')}" for k in keys]
             g.label = f"{label} [{', '.join(parts)}]" if parts else f"{label} [{g.id[:6]}]"
 
@@ -258,13 +259,14 @@ def directions(records: list[dict[str, Any]]) -> dict[str, bool | None]:
 
 
 def benchmarks_and_metrics(groups: list[Group]) -> tuple[list[str], dict[str, list[str]]]:
-    """Benchmarks in record order and, for each, its metrics in the paper's order."""
+    """Benchmarks (the papers' order, then as met) and, for each, its metrics in the paper's order."""
     benches: dict[str, list[str]] = {}
     for g in groups:
         for r in g.records:
             for bench, scores in r.get("metrics", {}).items():
                 benches.setdefault(bench, [])
                 benches[bench] += [m for m in scores if m not in benches[bench]]
+
     def rank(b: str) -> int:
         return BENCHMARK_ORDER.index(norm(b)) if norm(b) in BENCHMARK_ORDER else len(BENCHMARK_ORDER)
 
@@ -292,8 +294,8 @@ def contexts(groups: list[Group]) -> list[tuple[str, str, list[Group]]]:
     for ctx, members in order.items():
         title = " / ".join(members[0].axis_label(a) for a in varying)
         out.append((ctx, title, members))
-    titles = [t for _, t, _ in out]
-    return [(c, f"{t} [{c[:6]}]" if titles.count(t) > 1 else t, m) for c, t, m in out]
+    named = [t for _, t, _ in out]
+    return [(c, f"{t} [{c[:6]}]" if named.count(t) > 1 else t, m) for c, t, m in out]
 
 
 # ------------------------------------------------------------------ the table model
@@ -379,6 +381,20 @@ class Table:
                     _mark([row.cells[c.key] for c in cols if c.key in row.cells], cols[0].lower, cols[0].digits)
 
 
+def ablation_columns() -> list[Column]:
+    """The check-mark columns of the paper's Table 3."""
+    return [Column(k, h, "H2C loss" if k in ("positive", "negative") else "Layer positioning", digits=None,
+                   align="c") for k, h in (("positive", "Positive"), ("negative", "Negative"), ("naive", "Naïve"),
+                                           ("bilevel", "Bilevel"))]
+
+
+def check_marks(positive: bool, negative: bool, positioning: str) -> dict[str, Cell]:
+    """✓/× cells of a Table 3 row (positioning: manual, naive or bilevel)."""
+    on = {"positive": positive, "negative": negative, "naive": positioning == "naive",
+          "bilevel": positioning == "bilevel"}
+    return {k: Cell(text="✓" if v else "×") for k, v in on.items()}
+
+
 def _mark(cells: list[Cell], lower: bool, digits: int | None) -> None:
     """Rank by the value as shown (rounded to ``digits``): equal shown values share a mark."""
     def shown(c: Cell) -> float:
@@ -410,7 +426,7 @@ def stat_text(stat: Stat | None, digits: int | None, scale: float = 1.0) -> str:
     if stat is None or stat.mean is None:
         return "n/a"
     text = format_number(stat.mean * scale, digits)
-    if stat.std is not None:
+    if stat.std is not None and not (digits is None and stat.std == 0):  # counts equal over seeds: no "± 0"
         text += " ± " + format_number(stat.std * scale, digits)
     return text
 

@@ -23,8 +23,8 @@ So a benchmark mean ``lab_shift`` above 15 CIELAB units (more than the dark chan
 single photo, about six just-noticeable differences) is a *colour cast*; ``colourfulness_delta``
 below -15 is *colour drained* (dehazing restores colour, it does not remove it); and
 ``luma_ssim_input`` below 0.5 is *structure lost* (the prior, which raises contrast hard, stays
-above 0.54 on every photo). The last row is issue 15's failure: every photo turned red-orange
-with horizontal stripes.
+above 0.54 on every photo). The last row imitates the failure reported in issue 15 (every photo
+turned red-orange with horizontal stripes): the luma tinted red-orange, with stripes.
 """
 
 from __future__ import annotations

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from harness.report.frame import (ADAPTED, AVERAGE, CATEGORY, EFFICIENCY, FLOP_NOTE, SANITY, Cell, Column, Group,
-                                  Layout, Row, Stat, Table, arrow, category, contexts, groups_of, in_paper_order,
-                                  metric_digits, metric_name, stat_text)
+from harness.report.frame import (AVERAGE, EFFICIENCY, FLOP_NOTE, SANITY, Cell, Column, Group, Layout, Row, Stat,
+                                  Table, ablation_columns, arrow, category, check_marks, contexts, groups_of,
+                                  in_paper_order, metric_name, stat_text)
 from harness.report.sanity import THRESHOLD_NOTE, collapse_reasons
 
+NO_BRANCHES = ("none", "full_ft", "graft")  # methods that add no adapter branch to the model
 POSITIONING = {"manual_lora": "manual", "naive_joint": "naive", "bilalora": "bilevel"}
 H2C_TERMS = {"positive": (True, False), "negative": (False, True), "both": (True, True)}
 
@@ -61,8 +62,7 @@ def _notes(layout: Layout, table: Table) -> list[str]:
     notes = []
     if layout.averaged():
         notes.append(f"Average: per seed the mean over {', '.join(layout.benches)}, then over seeds.")
-    if any(r.cells.get(c.key) and r.cells[c.key].stat and (r.cells[c.key].stat.n or 0) > 1
-           for r in table.rows for c in table.columns):
+    if any(c.stat is not None and c.stat.n > 1 for r in table.rows for c in r.cells.values()):
         notes.append("mean ± sample standard deviation over seeds.")
     if layout.sanity:
         notes.append(THRESHOLD_NOTE)
@@ -127,7 +127,7 @@ def efficiency_tables(records: list[dict[str, Any]], groups: list[Group] | None 
 def _stat(group: Group, key: str, layout: Layout) -> Stat:
     if "/" in key:
         return group.metric(key, layout.shared(key.split("/", 1)[1]))
-    if key == "params_unmerged" and group.efficiency(key).mean is None and not group.efficiency("params_trainable").mean:
+    if key == "params_unmerged" and group.efficiency(key).mean is None and group.kind in NO_BRANCHES:
         return group.efficiency("params_total")  # nothing was added: unmerged equals deployed
     return group.efficiency(key)
 
@@ -148,10 +148,7 @@ def ablation_table(records: list[dict[str, Any]], groups: list[Group] | None = N
     """Rows in the paper's order: no loss, positive-only, negative-only, both; manual, naive, bilevel."""
     groups = groups if groups is not None else groups_of(records)
     layout = Layout(records, groups)
-    marks = [Column(k, h, "H2C loss" if k in ("positive", "negative") else "Layer positioning", None, None,
-                    align="c") for k, h in (("positive", "Positive"), ("negative", "Negative"),
-                                            ("naive", "Naïve"), ("bilevel", "Bilevel"))]
-    columns = marks + layout.summary_columns()
+    columns = ablation_columns() + layout.summary_columns()
     table = Table("ablation", "Ablation: H2C text guidance × layer positioning", columns)
     mode_order = [(False, False), (True, False), (False, True), (True, True)]
     for _, title, members in contexts(groups):
@@ -162,9 +159,7 @@ def ablation_table(records: list[dict[str, Any]], groups: list[Group] | None = N
         configs.sort(key=lambda gc: (mode_order.index(gc[1][:2]), ["manual", "naive", "bilevel"].index(gc[1][2])))
         for g, (pos, neg, positioning) in configs:
             row = _metric_row(layout, g, layout.summary_columns(), title)
-            for key, on in (("positive", pos), ("negative", neg), ("naive", positioning == "naive"),
-                            ("bilevel", positioning == "bilevel")):
-                row.cells[key] = Cell(text="✓" if on else "×")
+            row.cells.update(check_marks(pos, neg, positioning))
             table.rows.append(row)
     if not table.rows:
         return None
@@ -198,8 +193,8 @@ def before_after_table(records: list[dict[str, Any]], axis: str, groups: list[Gr
     name = {"backbone": "cross_model", "pretrain": "cross_domain"}.get(axis, f"across_{axis}")
     title = {"backbone": "Cross-model: each backbone before and after adaptation",
              "pretrain": "Cross-domain: each pretraining set before and after adaptation"}.get(axis, name)
-    table = Table(name, title, columns, label_header={"backbone": "Backbone", "pretrain": "Pretrained on"}.get(axis, axis),
-                  rank_by="row")
+    header = {"backbone": "Backbone", "pretrain": "Pretrained on"}.get(axis, axis)
+    table = Table(name, title, columns, label_header=header, rank_by="row")
     rows: dict[tuple[str, str], Row] = {}
     for g in groups:
         section = " / ".join(g.axis_label(a) for a in others if len({h.axis_label(a) for h in groups}) > 1)
