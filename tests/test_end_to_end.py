@@ -73,7 +73,7 @@ def test_run_rerun_report(recipe, tmp_path):
     assert 0 < by_method["bilalora"]["efficiency"]["params_trainable"] < by_method["full_ft"]["efficiency"]["params_trainable"]
     report = (run / "report.md").read_text()
     assert comparison_rows(report) == 3
-    assert (run / "report.tex").read_text().count(r"\\") >= 4
+    assert (run / "tables" / "comparison.tex").read_text().count(r"\\") >= 4
 
     mtimes = {p: p.stat().st_mtime_ns for p in records}
     start = time.perf_counter()

@@ -27,14 +27,17 @@ def _has_groups(table: Table) -> bool:
 
 def _footnotes(table: Table, fmt: str) -> list[str]:
     notes = list(table.notes)
+    cell_notes: dict[tuple[str, tuple[str, ...]], None] = {}
     for row in table.rows:
         if row.flags:
             notes.append(f"{COLLAPSED[fmt]} {row.label}: outputs collapsed ({'; '.join(row.flags)}).")
             continue
-        flagged = [c for c in table.columns if row.cells.get(c.key) is not None and row.cells[c.key].flags]
-        for header in dict.fromkeys(c.header for c in flagged):
-            reasons = next(row.cells[c.key].flags for c in flagged if c.header == header)
-            notes.append(f"{COLLAPSED[fmt]} {row.label}, {header}: outputs collapsed ({'; '.join(reasons)}).")
+        for col in table.columns:
+            cell = row.cells.get(col.key)
+            if cell is not None and cell.flags:  # rows that are quantities (Table 1) name only the method
+                who = col.header if row.quantity is not None else f"{row.label}, {col.header}"
+                cell_notes[(who, cell.flags)] = None
+    notes += [f"{COLLAPSED[fmt]} {who}: outputs collapsed ({'; '.join(flags)})." for who, flags in cell_notes]
     sources = list(dict.fromkeys(r.note for r in table.rows if r.published and r.note))
     if sources:
         notes.append(f"{PUBLISHED} published numbers, copied from " + "; ".join(sources)

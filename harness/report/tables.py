@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from harness.report.frame import (AVERAGE, EFFICIENCY, FLOP_NOTE, SANITY, Cell, Column, Group, Layout, Row, Stat,
-                                  Table, ablation_columns, arrow, category, check_marks, contexts, groups_of,
-                                  in_paper_order, metric_name, stat_text)
+from harness.report.frame import (AVERAGE, EFFICIENCY, FLOP_NOTE, SANITY, SANITY_GROUP, Cell, Column, Group, Layout,
+                                  Row, Stat, Table, ablation_columns, arrow, category, check_marks, contexts,
+                                  groups_of, in_paper_order, metric_name, stat_text)
 from harness.report.sanity import THRESHOLD_NOTE, collapse_reasons
 
 NO_BRANCHES = ("none", "full_ft", "graft")  # methods that add no adapter branch to the model
@@ -66,6 +66,9 @@ def _notes(layout: Layout, table: Table) -> list[str]:
         notes.append("mean ± sample standard deviation over seeds.")
     if layout.sanity:
         notes.append(THRESHOLD_NOTE)
+    else:
+        notes.append("These records carry no sanity metrics (" + ", ".join(SANITY) + "): a collapse of the "
+                     "outputs cannot be flagged; re-score to add them.")
     return notes
 
 
@@ -100,26 +103,27 @@ def efficiency_tables(records: list[dict[str, Any]], groups: list[Group] | None 
         seconds = max((g.efficiency("train_seconds").mean or 0) for g in full + ours)
         in_hours = hours or seconds >= 360
         quality = [layout.column(layout.summary_key(m), "") for m in layout.quality]
+        sanity = [layout.column(layout.summary_key(m), "") for m in layout.sanity]
         cost = [Column(key, header, digits=digits, scale=scale) for key, header, scale, digits in EFFICIENCY]
         if in_hours:
             cost[0] = Column("train_seconds", "Train time (h)", digits=3, scale=1 / 3600)
-        for section, quantities in (("Performance", quality), ("Efficiency", cost)):
+        for section, quantities in (("Performance", quality), ("Efficiency", cost), (SANITY_GROUP, sanity)):
             for q in quantities:
                 stats = [_stat(g, q.key, layout) for g in full + ours]
                 if all(s.mean is None for s in stats):
                     continue
                 row = Row(q.header, section=section, quantity=q)
-                for col, stat in zip(columns, stats):
-                    row.cells[col.key] = Cell(stat, text=stat_text(stat, q.digits, q.scale))
+                for col, stat, g in zip(columns, stats, full + ours):
+                    flags = collapse_reasons(g) if section != "Efficiency" else ()
+                    row.cells[col.key] = Cell(stat, text=stat_text(stat, q.digits, q.scale), flags=flags)
                 for rate, stat in zip(rates, stats[len(full):]):
                     row.cells[rate.key] = Cell(text=_rate(stats[0].mean, stat.mean))
                 table.rows.append(row)
-        flagged = [g.label for g in full + ours if collapse_reasons(g)]
         table.notes.append(f"Rate: change of {ours[0].label if len(ours) == 1 else 'each BiLaLoRA cell'} "
                            f"relative to {reference.label} (↑ larger, ↓ smaller value).")
         table.notes.append(FLOP_NOTE + " Train time is the adaptation's wall time.")
-        if flagged:
-            table.notes.append("Collapsed outputs (see the sanity columns): " + ", ".join(flagged) + ".")
+        if sanity:
+            table.notes.append(THRESHOLD_NOTE)
         tables.append(table)
     return tables
 
