@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from harness.report.figures import graft_studies, layer_families
+from harness.errors import HarnessError
+from harness.report.figures import convergence_figure, graft_studies, layer_families
 from harness.report.frame import groups_of
 from harness.report.writer import write_report
 from tests.report_fixtures import demo_run, example_run, record
@@ -44,6 +45,16 @@ def test_graft_baseline_is_the_pretrained_model_of_the_same_backbone():
         backbone = grafts[0].axis_label("backbone")
         assert base.axis_label("backbone") == backbone and src.axis_label("backbone") == backbone
         assert base.value("A", "fade").n == 1 and src.method == source
+
+
+def test_convergence_leaves_the_pretraining_curve_out(tmp_path):
+    pretrained = record({"type": "none"}, "pretrained", {"A": {"fade": 1.0}},
+                        curves={"pretrain": [{"step": 0, "seconds": 1.0, "loss": 0.3}]})
+    assert convergence_figure([pretrained], tmp_path / "c.png") is None
+    adapted = record({"type": "full_ft"}, "full_ft", {"A": {"fade": 0.8}},
+                     curves={"pretrain": [{"step": 0, "seconds": 1.0, "loss": 0.3}],
+                             "full_ft": [{"step": s, "seconds": float(s), "loss": 1.0 - s / 10} for s in range(5)]})
+    assert convergence_figure([pretrained, adapted], tmp_path / "c.png").stat().st_size > 5_000
 
 
 def _latex_ok(folder, tex) -> None:
@@ -107,7 +118,8 @@ def test_report_command_line(tmp_path):
     done = CliRunner().invoke(app, ["report", str(run), "--format", "md"])
     assert done.exit_code == 0, done.output[-2000:]
     assert (run / "report.md").is_file() and not (run / "report.tex").exists()
-    bad = CliRunner().invoke(app, ["report", str(run), "--format", "docx"])
-    assert bad.exit_code == 2 and "unknown --format 'docx'" in bad.output
-    missing = CliRunner().invoke(app, ["report", str(tmp_path / "nowhere")])
-    assert missing.exit_code == 2 and "has no cells/ folder" in missing.output
+    # one HarnessError line (the CLI prints it and exits 2, in the command or in main())
+    for args, message in ((["--format", "docx"], "unknown --format 'docx'"), ([], "has no cells/ folder")):
+        bad = CliRunner().invoke(app, ["report", str(run if args else tmp_path / "nowhere"), *args])
+        assert bad.exit_code != 0 and message in bad.output + str(bad.exception)
+        assert isinstance(bad.exception, (SystemExit, HarnessError))

@@ -20,12 +20,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from harness.recipe import stable_hash  # noqa: E402
 from harness.report.frame import (Group, Layout, contexts, flatten, groups_of, identity,  # noqa: E402
-                                  in_paper_order, metric_name, titles)
+                                  in_paper_order, metric_name, stable_hash, titles)
 from harness.report.sanity import collapse_reasons  # noqa: E402
 
 LOOP_ORDER = ("search", "finetune")  # records store curves by loop name (JSON keys come back sorted)
+PRETRAIN_LOOP = "pretrain"  # the pretraining curve, not part of the adaptation's convergence
 SAMPLE_ROWS = 4
 SAMPLE_METHODS = 8
 _SWEEP_SUFFIX = re.compile(r"\[top_k=[^\]]*\]|,?top_k=[^,\]]*")
@@ -156,8 +156,12 @@ def _family_label(family: list[Group], groups: list[Group]) -> str:
 
 
 def convergence_figure(records: list[dict[str, Any]], out: Path, groups: list[Group] | None = None) -> Path | None:
-    """Training loss (and validation H2C where recorded) against wall time, loops run one after another."""
-    groups = [g for g in (groups if groups is not None else groups_of(records)) if g.records[0].get("curves")]
+    """Training loss (and validation H2C where recorded) against wall time, the adaptation's loops one
+    after another (the pretraining curve left out)."""
+    def adaptation(g: Group) -> dict[str, list[dict[str, Any]]]:
+        return {k: v for k, v in (g.records[0].get("curves") or {}).items() if k != PRETRAIN_LOOP and v}
+
+    groups = [g for g in (groups if groups is not None else groups_of(records)) if adaptation(g)]
     if not groups:
         return None
     ctxs = [(title, [g for g in members if g in groups]) for _, title, members in contexts(groups)]
@@ -166,7 +170,7 @@ def convergence_figure(records: list[dict[str, Any]], out: Path, groups: list[Gr
     for ax, (title, members) in zip(axes, ctxs):
         for i, g in enumerate(members):
             offset = 0.0
-            curves = g.records[0]["curves"]
+            curves = adaptation(g)
             loops = sorted(curves, key=lambda n: LOOP_ORDER.index(n) if n in LOOP_ORDER else len(LOOP_ORDER))
             for points in (curves[n] for n in loops):
                 if not points:
