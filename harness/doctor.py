@@ -20,6 +20,28 @@ PATH_KEYS = ("weights", "model", "checkpoint", "pretrained", "list_file")  # par
 READY = ("ready", "present", "built-in", "cached", "installed", "exists")
 
 
+def launcher_rows() -> list[tuple[str, str, str]]:
+    """Which ``--launcher`` targets this machine can start: torchrun, DeepSpeed's launcher, Slurm's sbatch."""
+    import shutil
+    import subprocess
+    import sys
+
+    rows = []
+    for launcher, command, detail in (("torchrun", [sys.executable, "-m", "torch.distributed.run", "--help"],
+                                       "--launcher torchrun (DDP over --nproc-per-node processes)"),
+                                      ("deepspeed", [sys.executable, "-m", "deepspeed.launcher.runner", "--help"],
+                                       "--launcher deepspeed (ZeRO stage from engine.zero_stage)")):
+        try:
+            ok = subprocess.run(command, capture_output=True, timeout=60).returncode == 0
+        except (OSError, subprocess.TimeoutExpired):
+            ok = False
+        rows.append((f"launcher {launcher}", "found" if ok else "missing", detail))
+    sbatch = shutil.which("sbatch")
+    rows.append(("launcher sbatch", "found" if sbatch else "missing",
+                 f"{sbatch}: --launcher slurm (job arrays)" if sbatch else "run on a Slurm login node for --launcher slurm"))
+    return rows
+
+
 def checks() -> list[tuple[str, str, str]]:
     """(item, status, detail) rows."""
     import torch
@@ -34,8 +56,8 @@ def checks() -> list[tuple[str, str, str]]:
     rows.append(("torch", torch.__version__, f"CUDA {torch.version.cuda if cuda else 'not available'}; {devices}"))
     for name in ("open_clip", "pyiqa", "pyfade", "deepspeed"):
         found = importlib.util.find_spec(name) is not None
-        rows.append((name, "installed" if found else "missing",
-                     "" if found or name != "deepspeed" else "optional: pip install -e .[cluster]"))
+        rows.append((name, "installed" if found else "missing", "" if found else "pip install -e . installs it"))
+    rows += launcher_rows()
     cache = Path(os.environ.get("HARNESS_CACHE", Path.home() / ".cache" / "dehaze-harness"))
     rows.append(("harness cache", "exists" if cache.is_dir() else "empty", f"{cache} (set HARNESS_CACHE to move it)"))
     guides = sorted(guide_cache().glob("*.safetensors")) if guide_cache().is_dir() else []
@@ -166,6 +188,6 @@ def doctor_command(
     for col in ("item", "status", "where / detail"):
         table.add_column(col, overflow="fold")
     for item, status, detail in checks():
-        colour = "green" if status in ("present", "installed", "exists") or status[0].isdigit() else "yellow"
+        colour = "green" if status in ("present", "installed", "exists", "found") or status[0].isdigit() else "yellow"
         table.add_row(escape(item), f"[{colour}]{escape(status)}[/]", escape(detail))
     console.print(table)
