@@ -64,6 +64,7 @@ def test_graft_source_is_validated_like_a_method(tmp_path):
         load_recipe(recipe_file(tmp_path, [{"type": "graft", "source": {"type": "full_ft"}, "sweep": {"site": []}}]))
 
 
+@pytest.mark.slow  # a whole run: pretraining, the embedded guide, full FT, two grafts, scoring
 def test_graft_cells_reuse_the_source_adaptation_and_differ_from_base_only_in_their_block(tmp_path):
     full_ft = {"type": "full_ft", "steps": 3}
     recipe = load_recipe(recipe_file(tmp_path, [{"type": "none"}, full_ft,
