@@ -82,7 +82,9 @@ def test_graft_cells_reuse_the_source_adaptation_and_differ_from_base_only_in_th
         grafted, meta = runner.adapted(cells[f"graft[site={block}]"], base)
         diff = changed(base, grafted)
         assert diff and diff == {k for k in changed(base, tuned) if k.startswith(f"{block}.")}
-        assert any(".conv" not in k for k in diff)  # the block's attention came along
+        donor, got = tuned.state_dict(), grafted.state_dict()
+        whole = [k for k in donor if k.startswith(f"{block}.")]
+        assert any(".conv" not in k for k in whole) and all(torch.equal(got[k], donor[k]) for k in whole)
         assert meta["info"]["grafted_groups"] == [block]
     grafts = [r for r in runner.store.records() if r["cell"]["method"]["type"] == "graft"]
     assert sorted(r["method_info"]["grafted_groups"][0] for r in grafts) == sorted(BLOCKS)
