@@ -193,3 +193,17 @@ def build_model(state):
     model = build_backbone("convir", "tiny").deploy()
     model.load_state_dict(state)
     return model.eval()
+
+
+def test_curves_carry_val_loss_on_a_fixed_batch_without_changing_training(tmp_path):
+    from harness.adapt.methods import FullFineTune
+
+    def curve(where, val_loss, lr):
+        job = make_job(where, val_loss=val_loss, log_every=2)
+        return FullFineTune(steps=4, lr=lr).run(job).curves["full_ft"]
+
+    plain, logged = curve(tmp_path / "a", False, 1e-3), curve(tmp_path / "b", True, 1e-3)
+    assert [p["step"] for p in logged] == [2, 4] and all("val_loss" in p for p in logged)
+    assert [p["loss"] for p in plain] == [p["loss"] for p in logged]  # validation draws nothing from the data RNG
+    frozen = curve(tmp_path / "c", True, 0.0)  # lr 0: the model never moves, so one fixed batch gives one value
+    assert frozen[0]["val_loss"] == frozen[1]["val_loss"]

@@ -52,3 +52,16 @@ def test_one_thread_and_many_agree_and_disjoint_sets_give_nothing(folders):
     files = sorted(target.iterdir()), {"b": sorted(bench.iterdir())}
     assert find_overlaps(*files, workers=1) == find_overlaps(*files, workers=4)
     assert find_overlaps(sorted(target.iterdir())[2:], {"b": [bench / "unrelated.png", bench / "t0.png"]}) == []
+
+
+def test_images_of_a_size_the_other_side_lacks_are_never_decoded(folders, tmp_path, monkeypatch):
+    import harness.data.overlap as overlap
+
+    target, bench = folders
+    Image.fromarray(scene(1)[:48]).save(bench / "cropped_t1.png")  # 48 x 80: no target has this size
+    decoded = []
+    real = overlap.content_digests
+    monkeypatch.setattr(overlap, "content_digests", lambda p: decoded.append(p.name) or real(p))
+    overlaps = find_overlaps(sorted(target.iterdir()), {"b": sorted(bench.iterdir())}, workers=1)
+    assert "cropped_t1.png" not in decoded and len(decoded) == 4 + 4
+    assert [o.image.name for o in overlaps if o.identical] == ["copy_of_t1.bmp"]

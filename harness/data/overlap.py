@@ -1,8 +1,9 @@
 """Target images that also appear in a benchmark, found by decoded content (names and formats may differ).
 
 Adapting on images that are then scored inflates the scores (the cross-model recipe once adapted
-on the first 500 RTTS images and scored all 4,322). Each image is decoded once, as the harness
-reads it (``io.read_image``: orientation, 16-bit, CMYK and alpha handled), into two digests: a
+on the first 500 RTTS images and scored all 4,322). First only the headers are read: an image
+whose size (either orientation) occurs in no image of the other side cannot overlap, and is never
+decoded. Each remaining image is decoded once, as the harness reads it (``io.read_image``: orientation, 16-bit, CMYK and alpha handled), into two digests: a
 *key*, the hash of its size and a 16 x 16 grey thumbnail (box filter, quantised to 64 levels), and
 an *exact* digest of every decoded pixel. Images with equal keys are candidates; equal exact
 digests mean identical content. A candidate whose pixels differ (same thumbnail: typically the same
@@ -52,11 +53,20 @@ def content_digests(path: Path) -> tuple[str, str] | None:
     return key, exact
 
 
-def _digests(paths: list[Path], workers: int) -> list[tuple[str, str] | None]:
+def header_size(path: Path) -> tuple[int, int] | None:
+    """The image's (short, long) side from its header (orientation-free); None when unreadable."""
+    try:
+        with Image.open(path) as im:
+            return tuple(sorted(im.size))
+    except Exception:
+        return None
+
+
+def _map(fn, paths: list[Path], workers: int) -> list:
     if workers <= 1 or len(paths) < 8:
-        return [content_digests(p) for p in paths]
+        return [fn(p) for p in paths]
     with ThreadPoolExecutor(workers) as pool:
-        return list(pool.map(content_digests, paths, chunksize=16))
+        return list(pool.map(fn, paths, chunksize=16))
 
 
 def find_overlaps(target: Sequence[Path], benchmarks: Mapping[str, Sequence[Path]],
@@ -65,7 +75,12 @@ def find_overlaps(target: Sequence[Path], benchmarks: Mapping[str, Sequence[Path
     workers = workers or min(8, os.cpu_count() or 1)
     target = [Path(p) for p in target]
     bench = [(name, Path(p)) for name, paths in benchmarks.items() for p in paths]
-    digests = _digests(target + [p for _, p in bench], workers)
+    paths = target + [p for _, p in bench]
+    sizes = _map(header_size, paths, workers)
+    shared = {s for s in sizes[:len(target)] if s} & {s for s in sizes[len(target):] if s}
+    keep = [i for i, size in enumerate(sizes) if size in shared]
+    found = dict(zip(keep, _map(content_digests, [paths[i] for i in keep], workers)))
+    digests = [found.get(i) for i in range(len(paths))]
     by_key: dict[str, list[tuple[Path, str]]] = defaultdict(list)
     for path, found in zip(target, digests):
         if found is not None:

@@ -40,7 +40,7 @@ def published_macs(pub: Published | None) -> float | None:
 
 def comparable_macs(row: dict) -> int | None:
     """Our MACs counted the way the published figure was (thop-style where the paper used thop)."""
-    return row["macs_256_thop"] if row["flops_convention"] == "thop" else row["macs_256"]
+    return row["macs_256"] if row["flops_convention"] == "thop" else row["macs_256_exact"]
 
 
 def catalog_rows(include_flops: bool = True, names: Sequence[str] | None = None) -> list[dict]:
@@ -58,8 +58,8 @@ def catalog_rows(include_flops: bool = True, names: Sequence[str] | None = None)
                 "variant": variant,
                 "params_total": count_params(deployed),
                 "flops_256": None if macs is None else 2 * macs[0],
-                "macs_256": None if macs is None else macs[0],
-                "macs_256_thop": None if macs is None else macs[1],
+                "macs_256_exact": None if macs is None else macs[0],
+                "macs_256": None if macs is None else macs[1],  # thop's convention, as records and papers
                 "sites": len(model.lora_sites()),
                 "published_params": pub.params if pub else None,
                 "published_flops_256": pub.flops_256 if pub else None,
@@ -105,7 +105,7 @@ def models_command(
             r["name"], r["variant"],
             _fmt(r["params_total"], 1e6, 3), _fmt(r["published_params"], 1e6, 3),
             _fmt_pct(deviation_pct(r["params_total"], r["published_params"])),
-            _fmt(r["macs_256"], 1e9), _fmt(r["macs_256_thop"], 1e9), _fmt(pub_macs, 1e9),
+            _fmt(r["macs_256_exact"], 1e9), _fmt(r["macs_256"], 1e9), _fmt(pub_macs, 1e9),
             r["flops_convention"] or "", _fmt_pct(deviation_pct(comparable_macs(r), pub_macs)),
             str(r["sites"]),
         )

@@ -109,24 +109,6 @@ def atomic_torch_save(path: Path, obj: Any) -> None:
         torch.save(obj, tmp)
 
 
-def save_training_state(path: Path, step: int, generator: torch.Generator, **stateful: Any) -> None:
-    """Save the step, the RNG and every ``state_dict()``-bearing object (model, optimiser, ...)."""
-    atomic_torch_save(path, {"step": step, "generator": generator.get_state(),
-                             **{name: obj.state_dict() for name, obj in stateful.items()}})
-
-
-def load_training_state(path: Path, generator: torch.Generator, device: torch.device | str,
-                        **stateful: Any) -> int:
-    """Restore what :func:`save_training_state` wrote; the step to continue from (0 without a file)."""
-    if not path.is_file():
-        return 0
-    state = torch.load(path, map_location=device, weights_only=False)
-    for name, obj in stateful.items():
-        obj.load_state_dict(state[name])
-    generator.set_state(state["generator"])
-    return state["step"]
-
-
 def save_weights(path: Path, model: torch.nn.Module, meta: dict[str, Any]) -> None:
     """Save a state dict as safetensors with a JSON sidecar ``<path>.json`` (written last)."""
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
