@@ -366,7 +366,10 @@ def expand(recipe: Recipe) -> list[Cell]:
     cells = []
     grid = itertools.product(recipe.backbones, recipe.pretrain, recipe.target, methods, recipe.seeds)
     for index, (bb, pre, tgt, (method, method_label), seed) in enumerate(grid):
-        pretrain_id = stable_hash({"backbone": bb.spec(), "data": pre.spec(), "budget": pretrain_budget, "seed": seed})
+        pretrain_key = {"backbone": bb.spec(), "data": pre.spec(), "budget": pretrain_budget, "seed": seed}
+        if reads_guide(bb.type):  # its forward reads the guide, so the guide shapes its pretrained weights
+            pretrain_key["guide"] = {"type": recipe.guide.type, **recipe.guide.params}
+        pretrain_id = stable_hash(pretrain_key)
         adapt_id = adapt_key(recipe, pretrain_id, tgt.spec(), method, seed)
         cells.append(Cell(
             index=index, backbone=bb.spec(), pretrain=pre.spec(), target=tgt.spec(), method=method, seed=seed,
@@ -375,6 +378,14 @@ def expand(recipe: Recipe) -> list[Cell]:
             id=stable_hash({"adapt": adapt_id, "scoring": scoring}),
         ))
     return cells
+
+
+def reads_guide(backbone: str) -> bool:
+    """Whether a registered backbone's forward reads the recipe's guide (e.g. VLU-Net)."""
+    from harness.models.base import BACKBONE_CARDS
+
+    card = BACKBONE_CARDS.get(backbone)
+    return bool(card and card.needs_guide)
 
 
 def adapt_key(recipe: Recipe, pretrain_id: str, target: dict[str, Any], method: dict[str, Any], seed: int) -> str:

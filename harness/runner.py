@@ -39,7 +39,7 @@ from harness.metrics.efficiency import efficiency_figures, peak_memory
 from harness.models.base import build_backbone
 from harness.pretrain.supervised import pretrain_supervised
 from harness.provenance import environment, git_state, package_versions
-from harness.recipe import Cell, Recipe, adapt_key, expand, stable_hash
+from harness.recipe import Cell, Recipe, adapt_key, expand, reads_guide, stable_hash
 from harness.registry import DATASETS, METHODS
 from harness.store import (
     RunStore,
@@ -123,6 +123,26 @@ class RecipeRunner:
             self._guide = build_guide(g.type, **g.params)
         return self._guide
 
+    # --- guide-driven backbones (VLU-Net): the recipe's guide is attached, its identity recorded
+    def backbone_guide_identity(self) -> dict[str, Any]:
+        from harness.guide import guide_identity
+
+        g = self.recipe.guide
+        return guide_identity(self._guide_or_build(), {"type": g.type, **g.params})
+
+    def build_model(self, cell: Cell, recorded_guide: dict[str, Any] | None = None, where: str = "") -> torch.nn.Module:
+        """The cell's backbone (training form), with the guide attached when it reads one; with
+        ``recorded_guide`` (a checkpoint's), the guide must be the one the checkpoint was trained with."""
+        bb = cell.backbone
+        model = build_backbone(bb["type"], bb["variant"], **{k: v for k, v in bb.items() if k not in ("type", "variant")})
+        if model.needs_guide:
+            from harness.guide import check_guide
+
+            if where:
+                check_guide(recorded_guide, self.backbone_guide_identity(), where)
+            model.attach_guide(self._guide_or_build())
+        return model
+
     def loss(self, method: dict[str, Any]):
         """The H2C loss for ``method`` (guide built once; one loss per prompt/mode setting)."""
         from harness.guide.h2c import H2CLoss
@@ -154,7 +174,7 @@ class RecipeRunner:
         with file_lock(folder / ".lock"):
             if not weights_ready(path):
                 torch.manual_seed(cell.seed)
-                model = build_backbone(bb["type"], bb["variant"], **extra)
+                model = self.build_model(cell)
                 data = self.dataset(cell.pretrain)
                 if not data.has_reference:
                     raise HarnessError(f"pretraining set {cell.labels['pretrain']} has no clear images",
@@ -175,9 +195,11 @@ class RecipeRunner:
                     "backbone": bb["type"], "variant": bb["variant"], "options": extra, "form": "deploy",
                     "pretrain": cell.pretrain, "seed": cell.seed, "train_seconds": time.perf_counter() - start,
                     "data_fingerprint": data.fingerprint(),
+                    **({"backbone_guide": self.backbone_guide_identity()} if model.needs_guide else {}),
                 })
-                (folder / "state.pt").unlink(missing_ok=True)
-        model = build_backbone(bb["type"], bb["variant"], **extra).deploy()
+                for state in folder.glob("state*.pt"):  # one per pretraining phase
+                    state.unlink()
+        model = self.build_model(cell, load_sidecar(sidecar(path)).get("backbone_guide"), str(path)).deploy()
         load_weights(path, model)
         return model.to(self.device).eval()
 
@@ -227,12 +249,11 @@ class RecipeRunner:
                     "method": method, "train_seconds": seconds, "peak_mem_mb": mem["peak_mem_mb"],
                     "params_trainable": result.params_trainable, "info": result.info, "guide": guide_info,
                     "artifacts": {k: self.store.relative(v) for k, v in result.artifacts.items()},
+                    **({"backbone_guide": self.backbone_guide_identity()} if base.needs_guide else {}),
                 }
                 save_weights(path, result.model, meta)
                 shutil.rmtree(folder / "work", ignore_errors=True)
-        bb = cell.backbone
-        extra = {k: v for k, v in bb.items() if k not in ("type", "variant")}
-        model = build_backbone(bb["type"], bb["variant"], **extra).deploy()
+        model = self.build_model(cell, load_sidecar(sidecar(path)).get("backbone_guide"), str(path)).deploy()
         meta = load_weights(path, model)
         return model.to(self.device).eval(), meta
 
@@ -343,6 +364,11 @@ class RecipeRunner:
             for entry in self.recipe.benchmarks:
                 self.dataset(entry.spec())
             self.metrics()
+        if any(reads_guide(c.backbone["type"]) for c in todo):
+            from harness.guide import check_guide
+
+            identity = self.backbone_guide_identity()
+            check_guide(identity, identity, "a guide-driven backbone")  # refuses a guide without weights
         for c in todo:
             pending = [c] + ([self.source_cell(c)] if "source" in c.method else [])
             for p in pending:
