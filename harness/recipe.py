@@ -382,7 +382,7 @@ def expand(recipe: Recipe) -> list[Cell]:
 
 def reads_guide(backbone: str) -> bool:
     """Whether a registered backbone's forward reads the recipe's guide (e.g. VLU-Net)."""
-    from harness.models.base import BACKBONE_CARDS
+    from harness.models import BACKBONE_CARDS  # importing the package registers every built-in backbone
 
     card = BACKBONE_CARDS.get(backbone)
     return bool(card and card.needs_guide)

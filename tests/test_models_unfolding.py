@@ -413,3 +413,81 @@ def test_models_command_shows_lorun_against_its_unshared_network_and_vlu_net_siz
     line = next(l for l in out.splitlines() if "vlu_net" in l and "full" in l)
     assert "35.343" in line and "35.350" in line and "-0.0%" in line
     assert "vlu_net: parameters exclude the CLIP guide" in out
+
+
+def test_a_vlu_net_checkpoint_rebuilds_its_guide_and_refuses_another(tmp_path, one_thread):
+    from safetensors.torch import save_file
+
+    from harness.dehaze import load_checkpoint
+    from harness.guide import guide_identity
+    from harness.store import save_weights
+
+    torch.manual_seed(0)
+    weights = tmp_path / "clip.safetensors"
+    save_file({k: v.contiguous() for k, v in load_open_clip(TINY_MODEL, None).model.state_dict().items()}, str(weights))
+    spec = {"type": "open_clip", "model": TINY_MODEL, "pretrained": str(weights)}
+    trained_with = load_open_clip(TINY_MODEL, str(weights))
+    model = tiny("vlu_net", trained_with)
+    path = tmp_path / "model.safetensors"
+    save_weights(path, model, {"backbone": "vlu_net", "variant": "tiny", "form": "deploy",
+                               "backbone_guide": guide_identity(trained_with, spec)})
+    loaded, _ = load_checkpoint(path)
+    x = image(24, 40)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x))
+    torch.manual_seed(1)  # the guide's weights file is replaced by another CLIP
+    save_file({k: v.contiguous() for k, v in load_open_clip(TINY_MODEL, None).model.state_dict().items()}, str(weights))
+    with pytest.raises(HarnessError, match="was trained with guide harness-tiny-clip sha256"):
+        load_checkpoint(path)
+
+
+@pytest.mark.slow
+def test_both_unfolding_backbones_run_end_to_end_and_reload(tmp_path):
+    """The real CLI on a tiny budget: two-phase LoRun and guide-driven VLU-Net, none and bilalora;
+    a rerun reuses every cell (the VLU-Net checkpoints pass the guide check) and dehaze reloads VLU-Net."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    recipe = {
+        "name": "unfold", "device": "cpu", "out": str(tmp_path / "run"),
+        "backbones": [{"type": "lorun", "variant": "tiny"}, {"type": "vlu_net", "variant": "tiny"}],
+        "pretrain": [{"type": "synthetic", "source": "skimage", "kind": "asm", "count": 4, "size": 48, "seed": 0}],
+        "target": [{"type": "synthetic", "source": "skimage", "kind": "nonuniform", "count": 4, "size": 48, "seed": 1}],
+        "benchmarks": [{"type": "synthetic", "source": "skimage", "kind": "nonuniform", "count": 2, "size": 48,
+                        "seed": 2}],
+        "metrics": ["psnr"], "guide": {"type": "embedded", "steps": 30},
+        "budget": {"pretrain_steps": 4, "batch_size": 2, "patch_size": 32, "checkpoint_every": 2},
+        "methods": [{"type": "none"}, {"type": "bilalora", "rank": 2, "alpha": 4, "top_k": 2, "search_steps": 3,
+                                       "finetune_steps": 2, "warmup_steps": 1}],
+    }
+    path = tmp_path / "unfold.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    env = {**os.environ, "COLUMNS": "200", "OMP_NUM_THREADS": "1"}
+
+    def harness(*args):
+        return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True, env=env,
+                              timeout=1200)
+
+    first = harness("run", str(path))
+    assert first.returncode == 0, first.stderr[-3000:]
+    run = tmp_path / "run"
+    records = [json.loads(p.read_text()) for p in (run / "cells").glob("*.json")]
+    assert len(records) == 4 and not list(run.glob("pretrained/*/state*.pt"))
+    sidecars = {json.loads(p.read_text())["backbone"]: json.loads(p.read_text())
+                for p in run.glob("pretrained/*/model.safetensors.json")}
+    assert sidecars["vlu_net"]["backbone_guide"]["spec"] == {"type": "embedded", "steps": 30}
+    assert "backbone_guide" not in sidecars["lorun"]
+    again = harness("run", str(path))
+    assert again.returncode == 0 and "0 cell(s) run, 4 already finished" in again.stdout, again.stderr[-2000:]
+    vlu = next(p for p in run.glob("pretrained/*/model.safetensors") if "vlu_net" in p.with_name(p.name + ".json").read_text())
+    (tmp_path / "in").mkdir()
+    from PIL import Image
+
+    Image.fromarray((torch.rand(30, 44, 3).numpy() * 255).astype("uint8")).save(tmp_path / "in" / "a.png")
+    restored = harness("dehaze", str(tmp_path / "in"), str(tmp_path / "out"), "--checkpoint", str(vlu))
+    assert restored.returncode == 0, restored.stderr[-2000:]
+    assert Image.open(tmp_path / "out" / "a.png").size == (44, 30)
