@@ -58,20 +58,30 @@ def transposed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, head
     return (attn @ rows(v)).reshape(b, c, h, w)
 
 
-class Attention(nn.Module):
-    """Multi-Dconv head transposed self-attention (MDTA)."""
+class TransposedAttention(nn.Module):
+    """What every transposed attention holds: per-head temperatures and the output projection;
+    subclasses make q, k and v with their own (1x1 then depthwise) convs."""
 
     def __init__(self, dim: int, heads: int, bias: bool = False):
         super().__init__()
         self.heads = heads
         self.temperature = nn.Parameter(torch.ones(heads, 1, 1))
-        self.qkv = nn.Conv2d(dim, dim * 3, 1, bias=bias)
-        self.qkv_dwconv = nn.Conv2d(dim * 3, dim * 3, 3, padding=1, groups=dim * 3, bias=bias)
         self.project_out = nn.Conv2d(dim, dim, 1, bias=bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, k, v = self.qkv_dwconv(self.qkv(x)).chunk(3, dim=1)
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return self.project_out(transposed_attention(q, k, v, self.heads, self.temperature))
+
+
+class Attention(TransposedAttention):
+    """Multi-Dconv head transposed self-attention (MDTA)."""
+
+    def __init__(self, dim: int, heads: int, bias: bool = False):
+        super().__init__(dim, heads, bias)
+        self.qkv = nn.Conv2d(dim, dim * 3, 1, bias=bias)
+        self.qkv_dwconv = nn.Conv2d(dim * 3, dim * 3, 3, padding=1, groups=dim * 3, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.attend(*self.qkv_dwconv(self.qkv(x)).chunk(3, dim=1))
 
 
 class FeedForward(nn.Module):

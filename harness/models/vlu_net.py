@@ -43,26 +43,22 @@ from harness.errors import HarnessError
 from harness.guide.model import TINY_MODEL
 from harness.models.base import DehazeNet, Published, pad_to_multiple, register_backbone, variant_config
 from harness.models.checkpoints import register_key_map
-from harness.models.restormer_blocks import Attention, Downsample, Upsample, transformer_stack, transposed_attention
+from harness.models.restormer_blocks import Attention, Downsample, TransposedAttention, Upsample, transformer_stack
 
 
-class CrossAttention(nn.Module):
+class CrossAttention(TransposedAttention):
     """Transposed attention with queries and values from ``x`` and keys from the prompt (Phi)."""
 
     def __init__(self, dim: int, heads: int, prompt_dim: int, bias: bool = False):
-        super().__init__()
-        self.heads = heads
-        self.temperature = nn.Parameter(torch.ones(heads, 1, 1))
+        super().__init__(dim, heads, bias)
         self.qv = nn.Conv2d(dim, dim * 2, 1, bias=bias)
         self.qv_dwconv = nn.Conv2d(dim * 2, dim * 2, 3, padding=1, groups=dim * 2, bias=bias)
         self.k = nn.Conv2d(prompt_dim, dim, 1, bias=bias)
         self.k_dwconv = nn.Conv2d(dim, dim, 3, padding=1, groups=dim, bias=bias)
-        self.project_out = nn.Conv2d(dim, dim, 1, bias=bias)
 
     def forward(self, x: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
         q, v = self.qv_dwconv(self.qv(x)).chunk(2, dim=1)
-        k = self.k_dwconv(self.k(prompt))
-        return self.project_out(transposed_attention(q, k, v, self.heads, self.temperature))
+        return self.attend(q, self.k_dwconv(self.k(prompt)), v)
 
 
 class GradientStep(nn.Module):
