@@ -32,6 +32,12 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> tuple[nn.
 
     meta = json.loads(sidecar(path).read_text())
     model = build_backbone(meta["backbone"], meta["variant"], **meta.get("options", {}))
+    if model.needs_guide:  # e.g. VLU-Net: rebuild the guide it was trained with (never stored with it)
+        from harness.guide import guide_from_identity
+
+        guide = guide_from_identity(meta.get("backbone_guide"), str(path))
+        guide.model.to(device)
+        model.attach_guide(guide)
     if meta.get("form") == "deploy":
         model = model.deploy()
     load_weights(path, model)

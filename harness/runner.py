@@ -25,6 +25,7 @@ import yaml
 from harness.engine.strategy import Strategy
 from harness.errors import HarnessError
 from harness.plan.graph import Plan, Task, build_plan
+from harness.plan.ids import reads_guide
 from harness.recipe import Recipe, load_recipe
 from harness.store import atomic_write_bytes, atomic_write_json
 from harness.store.records import read_json
@@ -145,6 +146,12 @@ def check_before_work(ctx, todo: list[Task], build_guide: bool = True) -> None:
         for entry in ctx.recipe.benchmarks:
             ctx.dataset(entry.spec())
         ctx.metrics()
+    if build_guide and any(reads_guide(c.backbone["type"]) for t in todo for c in ctx.plan.cells_of(t)):
+        from harness.guide import check_guide
+        from harness.stages.pretrain import guide_identity
+
+        identity = guide_identity(ctx)
+        check_guide(identity, identity, "a guide-reading backbone")  # refuses a guide without a weights file
     check_overlap(ctx, todo)
 
 

@@ -8,8 +8,8 @@ from typer.testing import CliRunner
 from harness.models import BACKBONE_CARDS, catalog
 from harness.models.catalog import catalog_rows, deviation_pct, models_command
 
-KEYS = {"name", "variant", "params_total", "flops_256", "macs_256_exact", "macs_256", "sites", "published_params",
-        "published_flops_256", "flops_convention", "source"}
+KEYS = {"name", "variant", "params_total", "params_unshared", "flops_256", "macs_256_exact", "macs_256", "sites",
+        "published_params", "published_flops_256", "flops_convention", "source"}
 
 
 def run(*args):

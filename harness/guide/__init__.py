@@ -1,9 +1,11 @@
-"""Guide models (CLIP) for the H2C loss, registered in ``GUIDES``: ``embedded`` and ``open_clip``."""
+"""Guide models (CLIP) for the H2C loss and guide-driven backbones, registered in ``GUIDES``:
+``embedded`` and ``open_clip``; the identity a guide-driven checkpoint records and its check."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from harness.errors import HarnessError
 from harness.guide.model import Guide, load_open_clip
 from harness.registry import GUIDES
 
@@ -25,3 +27,34 @@ def open_clip_guide(model: str = "ViT-B-32", pretrained: str | None = "openai", 
 def build_guide(type: str, **params) -> Guide:
     """Build a registered guide by name."""
     return GUIDES.build(type, **params)
+
+
+def guide_identity(guide: Guide, spec: dict) -> dict:
+    """What a checkpoint of a guide-driven backbone records about its guide: the recipe entry that
+    rebuilds it (``spec``: type and parameters) and the weights it had (``sha256``)."""
+    info = guide.describe()
+    return {"spec": dict(spec), "type": info.get("type"), "model": info.get("model"), "sha256": info.get("sha256")}
+
+
+def check_guide(recorded: dict | None, current: dict, where: str) -> None:
+    """Refuse to run a checkpoint with another guide than the one it was trained with."""
+    if current.get("sha256") is None:
+        raise HarnessError(f"the guide ({current.get('type')} {current.get('model')}) has no weights file, so {where} "
+                           "cannot record which guide it needs",
+                           "use guide: {type: embedded} or open_clip with pretrained weights")
+    if not recorded or recorded.get("sha256") != current["sha256"]:
+        had = "no guide" if not recorded else f"guide {recorded.get('model')} sha256 {str(recorded.get('sha256'))[:12]}"
+        raise HarnessError(f"{where} was trained with {had}, not the recipe's guide {current.get('model')} "
+                           f"sha256 {current['sha256'][:12]}",
+                           "restore that guide's weights, or delete the checkpoint's folder to retrain it")
+
+
+def guide_from_identity(recorded: dict | None, where: str) -> Guide:
+    """Rebuild the guide a checkpoint recorded (see :func:`guide_identity`) and check its weights."""
+    if not recorded or "spec" not in recorded:
+        raise HarnessError(f"{where} records no guide, but its backbone needs one",
+                           "use a checkpoint written by `harness run`")
+    spec = dict(recorded["spec"])
+    guide = build_guide(spec.pop("type"), **spec)
+    check_guide(recorded, guide_identity(guide, recorded["spec"]), where)
+    return guide

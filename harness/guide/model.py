@@ -64,15 +64,31 @@ class Guide:
         return dict(self.info)
 
 
-def create_model(name: str, pretrained: str | None = None) -> nn.Module:
+def create_model(name: str, pretrained: str | None = None, device: str = "cpu") -> nn.Module:
     """``open_clip.create_model`` without its root-logger warning about random initialisation."""
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)
     try:
-        return open_clip.create_model(name, pretrained=pretrained)
+        return open_clip.create_model(name, pretrained=pretrained, device=device)
     finally:
         root.setLevel(level)
+
+
+def architecture_only(model: str, device: str = "meta") -> Guide:
+    """The open_clip ``model`` with random weights (on ``meta``: no memory), for counting FLOPs of a
+    guide-driven backbone; never for results."""
+    with torch.device(device):
+        clip = create_model(model, device=device)
+    return _as_guide(clip, model, {"type": "architecture_only", "model": model, "sha256": None})
+
+
+def _as_guide(clip: nn.Module, model: str, info: dict[str, Any]) -> Guide:
+    """Wrap an open_clip model with its tokenizer and preprocessing."""
+    pre = open_clip.get_model_preprocess_cfg(clip)
+    size = pre.get("size", 224)
+    size = size[0] if isinstance(size, (tuple, list)) else size
+    return Guide(clip, open_clip.get_tokenizer(model), int(size), tuple(pre["mean"]), tuple(pre["std"]), info)
 
 
 def _looks_like_path(value: str) -> bool:
@@ -129,9 +145,6 @@ def load_open_clip(model: str, pretrained: str | None, cache_dir: Path | None = 
                                "copy them there, or set guide.pretrained to a local weights file")
         source = f"{pretrained} ({weights})"
     clip = create_model(model, pretrained=str(weights) if weights else None)
-    pre = open_clip.get_model_preprocess_cfg(clip)
-    size = pre.get("size", 224)
-    size = size[0] if isinstance(size, (tuple, list)) else size
     info = {"type": "open_clip", "model": model, "pretrained": source,
             "sha256": file_sha256(weights) if weights else None}
-    return Guide(clip, open_clip.get_tokenizer(model), int(size), tuple(pre["mean"]), tuple(pre["std"]), info)
+    return _as_guide(clip, model, info)

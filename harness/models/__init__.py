@@ -19,3 +19,5 @@ from harness.models import dehamer  # noqa: F401
 from harness.models import ffa_net  # noqa: F401
 from harness.models import aod_net  # noqa: F401
 from harness.models import grid_dehaze_net  # noqa: F401
+from harness.models import lorun  # noqa: F401
+from harness.models import vlu_net  # noqa: F401

@@ -4,6 +4,11 @@ A backbone subclasses :class:`DehazeNet`, implements ``restore`` on an input who
 multiple of ``multiple``, and declares its candidate LoRA sites in ``lora_sites``. Builders are
 registered with :func:`register_backbone`, which also records the published size per variant so
 ``harness models`` can print ours beside the paper's.
+
+Two optional protocols: ``pretrain_phases`` (supervised pretraining in several phases, each over
+its own parameters and loss; default one phase, every parameter, L1) and ``needs_guide`` (a
+backbone whose forward reads the recipe's CLIP guide, given with ``attach_guide``; the guide is
+held by reference, so it is never part of the backbone's state dict, parameters or copies).
 """
 
 from __future__ import annotations
@@ -36,6 +41,31 @@ class BackboneCard:
     variants: dict[str, Published | None] = field(default_factory=dict)
     multiple: int = 1
     description: str = ""
+    needs_guide: bool = False  # its forward reads the recipe's guide (so the guide is part of its pretraining)
+
+
+@dataclass(frozen=True)
+class PretrainPhase:
+    """One phase of supervised pretraining: ``steps`` steps of ``loss`` over ``params`` only.
+
+    ``setup`` runs before the phase starts (or resumes), e.g. to switch the network's mode.
+    """
+
+    name: str  # the training loop's stage name (also names its state file when there are several)
+    steps: int
+    params: list[nn.Parameter]
+    loss: str = "l1"  # "l1" or "l2"
+    setup: Callable[[], None] | None = None
+
+
+class _GuideRef:
+    """Holds a guide by reference: ``copy.deepcopy`` of the backbone shares it instead of copying CLIP."""
+
+    def __init__(self, guide):
+        self.guide = guide
+
+    def __deepcopy__(self, memo) -> "_GuideRef":
+        return self
 
 
 BACKBONE_CARDS: dict[str, BackboneCard] = {}
@@ -47,11 +77,12 @@ def register_backbone(
     variants: dict[str, Published | None],
     multiple: int,
     description: str = "",
+    needs_guide: bool = False,
 ) -> Callable[[Callable[..., "DehazeNet"]], Callable[..., "DehazeNet"]]:
     """Register ``fn(variant=..., **kw) -> DehazeNet`` under ``name`` with its published figures."""
 
     def wrap(fn: Callable[..., DehazeNet]) -> Callable[..., DehazeNet]:
-        BACKBONE_CARDS[name] = BackboneCard(name, dict(variants), multiple, description)
+        BACKBONE_CARDS[name] = BackboneCard(name, dict(variants), multiple, description, needs_guide)
         return BACKBONES.register(name)(fn)
 
     return wrap
@@ -75,6 +106,8 @@ class DehazeNet(nn.Module):
 
     multiple: int = 1
     min_size: int = 0
+    needs_guide: bool = False
+    reference_guide: str | None = None  # open_clip architecture of the paper's guide (``harness models`` counts with it)
 
     def restore(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -98,6 +131,30 @@ class DehazeNet(nn.Module):
     def deploy(self) -> "DehazeNet":
         """Return the inference form (re-parameterised where the paper defines one)."""
         return self
+
+    def pretrain_phases(self, steps: int) -> list[PretrainPhase]:
+        """How supervised pretraining spends ``steps``: by default one L1 phase over every parameter."""
+        return [PretrainPhase("pretraining", steps, list(self.parameters()))]
+
+    def unshared_params(self) -> int | None:
+        """Parameters of the same network without its cross-stage weight sharing (None: it shares none)."""
+        return None
+
+    def attach_guide(self, guide) -> "DehazeNet":
+        """Give a guide-driven backbone (``needs_guide``) its frozen guide; returns the backbone."""
+        self.__dict__["_guide_ref"] = _GuideRef(guide)
+        return self
+
+    @property
+    def guide(self):
+        """The attached guide; a clear error when a guide-driven backbone has none."""
+        ref = self.__dict__.get("_guide_ref")
+        if ref is None:
+            from harness.errors import HarnessError
+
+            raise HarnessError(f"{type(self).__name__} reads a CLIP guide and none is attached",
+                               "set guide: in the recipe (open_clip or embedded), or call model.attach_guide(guide)")
+        return ref.guide
 
 
 def build_backbone(name: str, variant: str = "full", **kwargs) -> DehazeNet:

@@ -23,12 +23,22 @@ def _measure(name: str, variant: str, include_flops: bool) -> tuple[nn.Module, n
     try:
         with torch.device("meta"):
             model = build_backbone(name, variant)
-            deployed = model.deploy()
+            deployed = _with_guide(model.deploy(), "meta")
         return model, deployed, (macs_256(deployed, device="meta") if include_flops else None)
     except Exception:  # noqa: BLE001 -- any failure on meta is retried with real tensors
         model = build_backbone(name, variant)
-        deployed = model.deploy()
+        deployed = _with_guide(model.deploy(), "cpu")
         return model, deployed, (macs_256(deployed) if include_flops else None)
+
+
+def _with_guide(deployed: nn.Module, device: str) -> nn.Module:
+    """A guide-driven backbone gets its paper's guide architecture (random weights) to be counted with;
+    its parameters stay the backbone's own."""
+    if deployed.needs_guide:
+        from harness.guide.model import architecture_only
+
+        deployed.attach_guide(architecture_only(deployed.reference_guide, device))
+    return deployed
 
 
 def published_macs(pub: Published | None) -> float | None:
@@ -57,6 +67,7 @@ def catalog_rows(include_flops: bool = True, names: Sequence[str] | None = None)
                 "name": name,
                 "variant": variant,
                 "params_total": count_params(deployed),
+                "params_unshared": deployed.unshared_params(),  # the same network without cross-stage sharing
                 "flops_256": None if macs is None else 2 * macs[0],
                 "macs_256_exact": None if macs is None else macs[0],
                 "macs_256": None if macs is None else macs[1],  # thop's convention, as records and papers
@@ -110,6 +121,15 @@ def models_command(
             str(r["sites"]),
         )
     Console().print(table)
+    guided = sorted({r["name"] for r in rows if BACKBONE_CARDS[r["name"]].needs_guide})
+    if guided:
+        Console().print(f"{', '.join(guided)}: parameters exclude the CLIP guide; MACs include its image tower "
+                        "(the paper's guide architecture, e.g. ViT-B-32 at 224x224)")
+    for r in rows:
+        if r["params_unshared"]:
+            Console().print(f"{r['name']} {r['variant']}: {r['params_total'] / 1e6:.3f} M with its stages sharing one "
+                            f"denoiser, {r['params_unshared'] / 1e6:.3f} M without sharing "
+                            f"({r['params_total'] / r['params_unshared']:.3f}x)")
     Console().print("MACs: exact multiply-adds (torch FlopCounterMode / 2). thop: the same network counted as thop "
                     "does (transposed convs charged per output pixel). dev compares with the published figure in "
                     "its own convention (column 'as').")

@@ -3,6 +3,11 @@
 Random patches with flips and 90-degree rotations; every rank draws the same global batch and
 trains on its slice. The loop (``harness.engine.loop``) saves the state every
 ``checkpoint_every`` steps and on SIGTERM, so a killed run continues where it stopped.
+
+A backbone may split pretraining into phases (``DehazeNet.pretrain_phases``, e.g. LoRun's single
+block, then its stage adapters): each phase is its own loop with its own parameters, loss,
+optimiser, schedule and state file, and a finished phase leaves its final state behind, so a run
+killed in a later phase resumes there without repeating an earlier one.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from torch import nn
 from harness.data.patches import sample_patches
 from harness.engine.loop import LoopResult, TrainLoop
 from harness.engine.strategy import Strategy, current_strategy
+from harness.models.base import PretrainPhase
 
 
 def cosine_schedule(optimiser: torch.optim.Optimizer, steps: int, floor: float = 0.0):
@@ -54,6 +60,19 @@ class SupervisedStepper:
         return {"loss": loss.item()}
 
 
+def phase_state_path(state_path: Path, phase: PretrainPhase, phases: Sequence[PretrainPhase]) -> Path:
+    """``state_path`` itself for a single phase; ``<stem>-<phase name><suffix>`` beside it otherwise."""
+    state_path = Path(state_path)
+    return state_path if len(phases) == 1 else state_path.with_name(f"{state_path.stem}-{phase.name}{state_path.suffix}")
+
+
+def _frozen_except(model: nn.Module, params: Sequence[nn.Parameter]) -> None:
+    """Only ``params`` require gradients (DDP leaves the others out of its buckets)."""
+    keep = {id(p) for p in params}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in keep)
+
+
 def pretrain_supervised(
     model: nn.Module,
     hazy: Sequence[torch.Tensor],
@@ -70,14 +89,55 @@ def pretrain_supervised(
     progress: Callable[[int, int, dict[str, float]], None] | None = None,
     strategy: Strategy | None = None,
 ) -> tuple[nn.Module, LoopResult]:
-    """Train ``model`` to map hazy patches to clear ones; resumes from ``state_path`` if present."""
+    """Train ``model`` to map hazy patches to clear ones, phase by phase; resumes from ``state_path``
+    (or its per-phase siblings, see :func:`phase_state_path`) if present.
+
+    Returns the model and one result over all phases: steps, resumed steps and seconds summed, the
+    curves joined (each point's ``step`` counted from the first phase, ``phase`` its index).
+    """
     strategy = strategy or (Strategy(device) if device is not None else current_strategy())
     model.to(strategy.device).train()
-    stepper = SupervisedStepper(model, hazy, clear, steps=steps, lr=lr, batch_size=batch_size,
-                                patch_size=patch_size, strategy=strategy)
-    loop = TrainLoop("pretraining", steps, state_path, seed=seed, checkpoint_every=checkpoint_every,
-                     progress=progress, strategy=strategy,
-                     nan_fix="lower budget.pretrain_lr or check the pretraining images")
-    result = loop.run(stepper)
+    phases = model.pretrain_phases(steps) if hasattr(model, "pretrain_phases") else [
+        PretrainPhase("pretraining", steps, list(model.parameters()))]
+    total = sum(phase.steps for phase in phases)
+    results: list[LoopResult] = []
+    done_before = 0
+    try:
+        for index, phase in enumerate(phases):
+            if phase.setup is not None:
+                phase.setup()
+            _frozen_except(model, phase.params)
+            stepper = SupervisedStepper(model, hazy, clear, steps=phase.steps, lr=lr, batch_size=batch_size,
+                                        patch_size=patch_size, strategy=strategy, params=phase.params,
+                                        loss=phase.loss)
+            path = phase_state_path(state_path, phase, phases)
+            offset = done_before
+            shifted = None if progress is None else (
+                lambda done, _total, info, offset=offset: progress(offset + done, total, info))
+            loop = TrainLoop(phase.name, phase.steps, path, seed=seed + index, checkpoint_every=checkpoint_every,
+                             progress=shifted, strategy=strategy,
+                             nan_fix="lower budget.pretrain_lr or check the pretraining images")
+            result = loop.run(stepper)
+            if len(phases) > 1 and index < len(phases) - 1:  # a later phase's rerun starts from here
+                strategy.save_state(path, stepper.stateful(), torch.Generator().manual_seed(seed),
+                                    {"step": phase.steps, "curve": result.curve, "seconds": result.seconds,
+                                     "stage": phase.name})
+            results.append(result)
+            done_before += phase.steps
+    finally:
+        for p in model.parameters():
+            p.requires_grad_(True)
     model.eval()
-    return model, result
+    return model, _joined(results, phases)
+
+
+def _joined(results: list[LoopResult], phases: Sequence[PretrainPhase]) -> LoopResult:
+    if len(results) == 1:
+        return results[0]
+    curve, offset = [], 0
+    for index, (phase, result) in enumerate(zip(phases, results)):
+        curve += [{**point, "step": offset + point["step"], "phase": float(index)} for point in result.curve]
+        offset += phase.steps
+    peaks = [r.peak_mem_mb for r in results if r.peak_mem_mb is not None]
+    return LoopResult(sum(r.steps for r in results), sum(r.resumed_at for r in results),
+                      sum(r.seconds for r in results), curve, max(peaks) if peaks else None)

@@ -23,7 +23,7 @@ from harness.plan.ids import stable_hash
 from harness.registry import METHODS
 from harness.stages import pretrain
 from harness.stages.context import StageContext
-from harness.store import atomic_write_json, file_sha256, load_weights, save_weights, sidecar
+from harness.store import atomic_write_json, file_sha256, load_weights, read_json, save_weights, sidecar
 from harness.store.artifacts import artifact_meta, commit, is_fresh, staging_dir
 
 WEIGHTS = "model.safetensors"
@@ -58,8 +58,10 @@ def current(task: Task, ctx: StageContext) -> bool:
 
 def load(key: str, backbone: dict[str, Any], ctx: StageContext) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The committed adapted model (merged) and its sidecar."""
-    model = pretrain.new_backbone(backbone).deploy()
-    meta = load_weights(ctx.store.adapted_dir(key) / WEIGHTS, model)
+    path = ctx.store.adapted_dir(key) / WEIGHTS
+    recorded = (read_json(sidecar(path)) or {}).get("backbone_guide")
+    model = pretrain.new_backbone(backbone, ctx, recorded, str(path)).deploy()
+    meta = load_weights(path, model)
     return model.to(ctx.device).eval(), meta
 
 
@@ -116,6 +118,7 @@ def run(task: Task, ctx: StageContext) -> dict[str, Any]:
             "peak_mem_mb": result.peak_mem_mb, "params_trainable": result.params_trainable,
             "params_unmerged": result.params_unmerged, "info": result.info, "guide": guide_info,
             "curves": result.curves, "artifacts": artifacts, "strategy": ctx.strategy.describe(),
+            **pretrain.guide_record(result.model, ctx),
         })
         meta = commit(staging, folder, task.key, inputs(task, ctx), deps(task, ctx), replace=True)
         shutil.rmtree(work, ignore_errors=True)

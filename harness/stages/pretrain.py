@@ -16,7 +16,7 @@ from harness.errors import HarnessError
 from harness.models.base import build_backbone
 from harness.plan.graph import Task
 from harness.stages.context import StageContext
-from harness.store import load_weights, save_weights
+from harness.store import load_weights, read_json, save_weights, sidecar
 from harness.store.artifacts import artifact_meta, commit, is_fresh, staging_dir
 
 WEIGHTS = "model.safetensors"
@@ -26,8 +26,30 @@ def backbone_options(spec: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in spec.items() if k not in ("type", "variant")}
 
 
-def new_backbone(spec: dict[str, Any]):
-    return build_backbone(spec["type"], spec.get("variant", "full"), **backbone_options(spec))
+def new_backbone(spec: dict[str, Any], ctx: StageContext, recorded_guide: dict[str, Any] | None = None,
+                 where: str = ""):
+    """The backbone (training form); one that reads the guide (VLU-Net) gets the recipe's attached, and
+    with ``where`` (a checkpoint being loaded) it must be the guide that checkpoint recorded."""
+    model = build_backbone(spec["type"], spec.get("variant", "full"), **backbone_options(spec))
+    if model.needs_guide:
+        from harness.guide import check_guide
+
+        if where:
+            check_guide(recorded_guide, guide_identity(ctx), where)
+        model.attach_guide(ctx.guide())
+    return model
+
+
+def guide_identity(ctx: StageContext) -> dict[str, Any]:
+    """What a guide-reading backbone's checkpoint records about its guide (rebuildable spec, sha256)."""
+    from harness.guide import guide_identity as identity
+
+    g = ctx.recipe.guide
+    return identity(ctx.guide(), {"type": g.type, **g.params})
+
+
+def guide_record(model, ctx: StageContext) -> dict[str, Any]:
+    return {"backbone_guide": guide_identity(ctx)} if model.needs_guide else {}
 
 
 def inputs(task: Task, ctx: StageContext) -> dict[str, Any]:
@@ -44,8 +66,9 @@ def current(task: Task, ctx: StageContext) -> bool:
 
 def load(key: str, spec: dict[str, Any], ctx: StageContext) -> torch.nn.Module:
     """The committed deploy-form model of pretraining ``key``, on this process's device, in eval mode."""
-    model = new_backbone(spec).deploy()
-    load_weights(ctx.store.pretrained_dir(key) / WEIGHTS, model)
+    path = ctx.store.pretrained_dir(key) / WEIGHTS
+    model = new_backbone(spec, ctx, (read_json(sidecar(path)) or {}).get("backbone_guide"), str(path)).deploy()
+    load_weights(path, model)
     return model.to(ctx.device).eval()
 
 
@@ -62,7 +85,7 @@ def run(task: Task, ctx: StageContext) -> dict[str, Any]:
                            "pretrain needs a paired dataset (hazy + clear)")
     work = ctx.store.work_dir("pretrain", task.key)
     torch.manual_seed(spec["seed"])
-    model = new_backbone(spec["backbone"])
+    model = new_backbone(spec["backbone"], ctx)
     update, finish = ctx.progress.task(task.label or task.id)
     model, result = pretrain_supervised(
         model, ImageSequence([p.hazy for p in data.pairs]), ImageSequence([p.clear for p in data.pairs]),
@@ -79,6 +102,7 @@ def run(task: Task, ctx: StageContext) -> dict[str, Any]:
             "options": backbone_options(spec["backbone"]), "form": "deploy", "pretrain": spec["data"],
             "seed": spec["seed"], "train_seconds": result.seconds, "resumed_at": result.resumed_at,
             "curve": result.curve, "data_fingerprint": inputs(task, ctx)["data"], "strategy": ctx.strategy.describe(),
+            **guide_record(model, ctx),
         })
         meta = commit(staging, folder, task.key, inputs(task, ctx), {}, replace=True)
         shutil.rmtree(work, ignore_errors=True)
