@@ -55,7 +55,7 @@ def load_branches(model: nn.Module, meta: dict, tensors: dict[str, torch.Tensor]
         module.lora_A.weight.copy_(tensors[f"{name}.lora_A"])
         module.lora_B.weight.copy_(tensors[f"{name}.lora_B"])
     for group, gate in gates.items():
-        gate.copy_(tensors[f"gate.{group}"].reshape(()))
+        gate.copy_(tensors[f"gate.{group}"].reshape(gate.shape))
     return gates
 
 

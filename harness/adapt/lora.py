@@ -161,7 +161,8 @@ def inject_lora(model: nn.Module, sites: dict[str, list[str]], rank: int, alpha:
     gates = {}
     for group, names in sites.items():
         first = model.get_submodule(names[0])
-        gate = nn.Parameter(torch.full((), gate_init, device=first.weight.device))
+        # shape (1,), not a 0-dim scalar: DeepSpeed broadcasts parameters as bytes, which a 0-dim tensor cannot view
+        gate = nn.Parameter(torch.full((1,), gate_init, device=first.weight.device))
         for name in names:
             parent, attr = _parent(model, name)
             base = getattr(parent, attr)
