@@ -11,6 +11,7 @@ from typing import Callable, List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from harness.errors import HarnessError
@@ -21,6 +22,14 @@ console = Console()
 err_console = Console(stderr=True)
 
 
+@app.callback()
+def _start() -> None:
+    # before torch is imported: each process gets its share of the cores (harness/launch/threads.py)
+    from harness.launch.threads import apply_thread_share
+
+    apply_thread_share()
+
+
 def one_line_errors(fn: Callable) -> Callable:
     """Turn a HarnessError into one red line on stderr and exit code 2."""
 
@@ -29,7 +38,7 @@ def one_line_errors(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except HarnessError as err:
-            err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper

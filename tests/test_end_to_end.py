@@ -27,7 +27,8 @@ TINY = {
     "methods": [
         {"type": "none"},
         {"type": "full_ft", "steps": 4},
-        {"type": "bilalora", "rank": 2, "alpha": 4, "top_k": 1, "search_steps": 4, "finetune_steps": 4},
+        {"type": "bilalora", "rank": 2, "alpha": 4, "top_k": 1, "search_steps": 4, "finetune_steps": 4,
+         "warmup_steps": 2},
     ],
 }
 
