@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from harness.errors import HarnessError
+from harness.registry import fix_for
 
 
 class Strict(BaseModel):
@@ -130,8 +131,8 @@ class Recipe(Strict):
     def _plain_name(cls, name: str) -> str:
         # the default run folder is results/<name>: a path here would write elsewhere
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
-            raise ValueError(f"{name!r} is not a plain name (it names the folder results/<name>): use letters, "
-                             "digits, '.', '_' and '-', or set out: to choose the run folder")
+            raise ValueError(str(HarnessError(f"{name!r} is not a plain name (it names the folder results/<name>)",
+                                              "use letters, digits, '.', '_' and '-'; set out: to choose the folder")))
         return name
 
     def run_dir(self) -> Path:
@@ -290,8 +291,9 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, check_path
             raise HarnessError(f"{where}: unknown key {dotted!r}", f"check the spelling of {loc[-1]!r} under {parent}") from None
         if first["type"] == "missing":
             raise HarnessError(f"{where}: missing key {dotted!r}", "add it (see recipes/quickstart.yaml)") from None
-        message = str(first["ctx"]["error"]) if first["type"] == "value_error" else first["msg"]
-        raise HarnessError(f"{where}: bad value for {dotted!r}: {message}") from None
+        if first["type"] == "value_error":
+            raise HarnessError(f"{where}: bad value for {dotted!r}: {first['ctx']['error']}") from None
+        raise HarnessError(f"{where}: bad value for {dotted!r}: {first['msg']}", fix_for(first)) from None
     validate_recipe(recipe, path, root, check_paths=check_paths)
     return recipe
 

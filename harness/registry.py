@@ -119,7 +119,7 @@ class Registry:
                     f"unknown key {loc!r} for {self.kind} {name!r}", f"remove it or use one of: {known}"
                 ) from None
             raise HarnessError(f"bad value for {loc!r} ({self.kind} {name!r}): {first['msg']}",
-                               _fix_for(first)) from None
+                               fix_for(first)) from None
         values = parsed.model_dump()
         if name in self._checks:
             try:
@@ -132,7 +132,7 @@ class Registry:
         return self.get(name)(**params)
 
 
-def _fix_for(error: dict[str, Any]) -> str | None:
+def fix_for(error: dict[str, Any]) -> str | None:
     """A fix for the common pydantic complaints about a number."""
     ctx = error.get("ctx") or {}
     return {
