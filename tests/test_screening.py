@@ -59,3 +59,30 @@ def test_a_set_with_nothing_usable_left_is_an_error(tmp_path):
     (tmp_path / "a.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really")
     with pytest.raises(HarnessError, match="every image under .* is unusable"):
         DATASETS.build("folder", root=tmp_path, on_corrupt="skip")
+
+
+@pytest.mark.slow
+def test_run_honours_a_benchmarks_own_on_corrupt_skip(folder, tmp_path):
+    """The case of failure 5 end to end: the run failed at scoring, after adaptation, telling the
+    user to set the option they had set; now the file is skipped (one warning) and the rest scored."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    from tests.test_end_to_end import TINY
+
+    recipe = dict(TINY, out=str(tmp_path / "run"), methods=[{"type": "none"}], metrics=["entropy"],
+                  budget=dict(TINY["budget"], pretrain_steps=2),
+                  benchmarks=[{"type": "folder", "label": "real", "root": str(folder), "on_corrupt": "skip"}])
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    proc = subprocess.run([sys.executable, "-m", "harness.cli", "run", str(path)], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=900, env={**os.environ, "COLUMNS": "300"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stderr.count("skipped 1 corrupt image(s): wolf.jpg") == 1
+    record = json.loads(next((tmp_path / "run" / "cells").glob("*.json")).read_text())
+    rows = (tmp_path / "run" / "scores" / record["cell"]["id"] / "real.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["fishers.jpg", "trees.png"]
