@@ -53,7 +53,8 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> tuple[nn.
     adapter, not safetensors, or of another backbone than its sidecar says is a one-line error."""
     path = Path(path)
     if not path.is_file():
-        raise HarnessError(f"checkpoint {path} not found", "pass --checkpoint RUN_DIR/pretrained/<id>/model.safetensors")
+        raise HarnessError(f"checkpoint {path} not found",
+                           "pass --checkpoint RUN_DIR/pretrained/<id>/model.safetensors")
     if not sidecar(path).is_file():
         raise HarnessError(f"checkpoint {path} has no sidecar {sidecar(path).name}",
                            "use a checkpoint written by `harness run` (it records the backbone)")
@@ -234,11 +235,11 @@ def restore_files(model: nn.Module, jobs: list[tuple[Path, Path]], tile: int | N
 
 def dehaze_command(
     input_dir: Path = typer.Argument(..., help="folder of hazy images (any format, decoded by content)"),
-    output_dir: Path = typer.Argument(..., help="where restored PNGs go, one per input, same size (outside INPUT_DIR)"),
+    output_dir: Path = typer.Argument(..., help="where restored PNGs go, one per input, same size; outside INPUT_DIR"),
     checkpoint: Path = typer.Option(..., "--checkpoint", help="model.safetensors written by `harness run`"),
     adapter: Optional[Path] = typer.Option(None, "--adapter", help="adapter.safetensors to merge first"),
-    tile: int = typer.Option(1024, "--tile", help=f"largest side restored in one pass (>= {MIN_TILE}); larger images are tiled"),
-    overlap: int = typer.Option(32, "--overlap", help="tile overlap in pixels, blended linearly (0 <= overlap < tile/2)"),
+    tile: int = typer.Option(1024, "--tile", help=f"largest side restored in one pass (>= {MIN_TILE}); larger: tiles"),
+    overlap: int = typer.Option(32, "--overlap", help="tile overlap in pixels, blended; 0 <= overlap < tile/2"),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace outputs that already exist"),
     skip_corrupt: bool = typer.Option(False, "--skip-corrupt", help="skip files that are not decodable images"),

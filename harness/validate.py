@@ -116,23 +116,27 @@ def _validated_source(source: dict[str, Any], where: str, context: CheckContext)
 
 def _meta_backbones(recipe: Recipe, at: _At) -> dict[str, Any]:
     """Each backbone in deploy form on the ``meta`` device (no memory): unknown variants fail here."""
+    models = {}
+    for i, bb in enumerate(recipe.backbones):
+        try:
+            models[bb.name] = _deploy_form(bb.type, bb.variant, bb.params)
+        except HarnessError as err:
+            raise HarnessError(f"{at('backbones', i)}: backbones[{i}]: {err}") from None
+    return models
+
+
+def _deploy_form(name: str, variant: str, options: dict[str, Any]):
     import torch
 
     from harness.models.base import build_backbone
 
-    models = {}
-    for i, bb in enumerate(recipe.backbones):
-        try:
-            try:
-                with torch.device("meta"):
-                    models[bb.name] = build_backbone(bb.type, bb.variant, **bb.params).deploy()
-            except HarnessError:
-                raise
-            except Exception:  # a builder that needs real tensors: build it on the CPU instead
-                models[bb.name] = build_backbone(bb.type, bb.variant, **bb.params).deploy()
-        except HarnessError as err:
-            raise HarnessError(f"{at('backbones', i)}: backbones[{i}]: {err}") from None
-    return models
+    try:
+        with torch.device("meta"):
+            return build_backbone(name, variant, **options).deploy()
+    except HarnessError:
+        raise
+    except Exception:  # a builder that needs real tensors (e.g. a plugin's): build it on the CPU instead
+        return build_backbone(name, variant, **options).deploy()
 
 
 def _validate_guide(recipe: Recipe, at: _At, context: CheckContext, warn_only: bool) -> None:

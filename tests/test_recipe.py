@@ -187,7 +187,8 @@ def test_duplicate_labels_and_entries_are_refused(base, tmp_path):
     """Failure 8: two differently configured methods with one label were merged into one report row."""
     same_label = yaml.safe_load(yaml.safe_dump(base))
     same_label["methods"].append({"type": "full_ft", "steps": 120, "lr": 1e-4})  # label 'full_ft' again
-    with pytest.raises(HarnessError, match=r"methods\[4\] and methods\[1\] .* share the label 'full_ft' but differ in steps"):
+    with pytest.raises(HarnessError,
+                       match=r"methods\[4\] and methods\[1\] .* share the label 'full_ft' but differ in steps"):
         load_recipe(write(tmp_path, same_label))
     relabelled = yaml.safe_load(yaml.safe_dump(same_label))
     relabelled["methods"][4]["label"] = "full_ft-120"

@@ -176,12 +176,12 @@ def _finish(name: str, root: Path, pairs: list[ImagePair], on_corrupt: OnCorrupt
         names = ", ".join(f"{_relative(p, root)} ({bad[p]})" for p in shown[:5]) + (" ..." if len(bad) > 5 else "")
         if on_corrupt == "fail":
             raise HarnessError(f"{name}: {len(bad)} corrupt image(s) under {root}: {names}",
-                               f"replace or remove them, or set on_corrupt: skip on this dataset")
+                               "replace or remove them, or set on_corrupt: skip on this dataset")
         key = (name, frozenset(bad))
         if key not in _WARNED:  # validation, then the run, screen the same set: say it once
             _WARNED.add(key)
-            Console(stderr=True).print(f"[yellow]warning:[/] {escape(f'{name}: skipped {len(bad)} corrupt image(s): {names}')}",
-                                       highlight=False, soft_wrap=True)
+            message = f"{name}: skipped {len(bad)} corrupt image(s): {names}"
+            Console(stderr=True).print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
         pairs = [p for p in pairs if p.hazy not in bad and p.clear not in bad]
         if not pairs:
             raise HarnessError(f"{name}: every image under {root} is unusable ({names})",

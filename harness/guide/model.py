@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -113,7 +114,7 @@ def _weights_format(path: Path) -> str | None:
     """"safetensors", "torch" (a zip archive or a legacy pickle) or None, from the first bytes."""
     with open(path, "rb") as f:
         head = f.read(9)
-    if head.startswith(b"PK\x03\x04") or head.startswith(b"\x80"):
+    if head.startswith((b"PK\x03\x04", b"\x80")):
         return "torch"
     size = int.from_bytes(head[:8], "little") if len(head) == 9 else 0
     return "safetensors" if head[8:9] == b"{" and 0 < size < path.stat().st_size else None
@@ -147,7 +148,11 @@ def resolve_weights(model: str, pretrained: str | None, cache_dir: Path | None =
 def load_open_clip(model: str, pretrained: str | None, cache_dir: Path | None = None) -> Guide:
     """An open_clip guide from a cached tag, a local weights file, or (``pretrained=None``) random weights."""
     weights, source = resolve_weights(model, pretrained, cache_dir)
-    clip = create_model(model, pretrained=str(weights) if weights else None)
+    try:
+        clip = create_model(model, pretrained=str(weights) if weights else None)
+    except (RuntimeError, KeyError, ValueError, pickle.UnpicklingError) as err:  # weights of another model
+        raise HarnessError(f"guide weights {weights} do not load into open_clip {model} ({type(err).__name__})",
+                           "set guide.pretrained to weights of that model, or guide.model to theirs") from None
     pre = open_clip.get_model_preprocess_cfg(clip)
     size = pre.get("size", 224)
     size = size[0] if isinstance(size, (tuple, list)) else size

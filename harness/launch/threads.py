@@ -80,7 +80,8 @@ def thread_share(processes: int | None = None) -> ThreadShare:
     mask = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     quota = _quota_cores()
     cores = max(1, min(mask, math.floor(quota)) if quota else mask)
-    busy = min(cores - 1, _busy_cores()) if mask >= (os.cpu_count() or mask) else 0
+    whole_machine = mask >= (os.cpu_count() or mask)  # no cpuset: other users' load lands on our cores
+    busy = min(cores - 1, _busy_cores()) if whole_machine else 0
     for var, value in _GIVEN.items():
         torchrun_default = var == "OMP_NUM_THREADS" and value == "1" and "TORCHELASTIC_RUN_ID" in os.environ
         if value.isdigit() and int(value) >= 1 and not torchrun_default:
