@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-import click
 import typer
 from typer.core import TyperGroup
 
@@ -35,10 +34,10 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
 class LazyGroup(TyperGroup):
     """A typer group whose plugin commands are imported on first use (help text from the table)."""
 
-    def list_commands(self, ctx: click.Context) -> list[str]:
+    def list_commands(self, ctx) -> list[str]:
         return sorted({*super().list_commands(ctx), *LAZY_COMMANDS})
 
-    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+    def get_command(self, ctx, name: str):
         if name not in LAZY_COMMANDS:
             return super().get_command(ctx, name)
         target, _ = LAZY_COMMANDS[name]
@@ -53,7 +52,20 @@ class LazyGroup(TyperGroup):
         cmd.name = name
         return cmd
 
-    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+    def invoke(self, ctx):
+        """Every command: a HarnessError is one line and exit 2; a preempted loop exits 75."""
+        from harness.errors import Preempted
+
+        try:
+            return super().invoke(ctx)
+        except HarnessError as err:
+            typer.echo(f"error: {err}", err=True)
+            raise typer.Exit(EXIT_BAD_INPUT) from None
+        except Preempted as stop:
+            typer.echo(f"stopped: {stop}", err=True)
+            raise typer.Exit(EXIT_PREEMPTED) from None
+
+    def format_commands(self, ctx, formatter) -> None:
         rows = []
         for name in self.list_commands(ctx):
             if name in LAZY_COMMANDS:
@@ -69,6 +81,14 @@ class LazyGroup(TyperGroup):
 app = typer.Typer(cls=LazyGroup, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   rich_markup_mode=None,
                   help="Adapt dehazing networks from synthetic to real haze, score them, tabulate them.")
+
+
+@app.callback()
+def _start() -> None:
+    # before torch is imported: each process gets its share of the cores (harness/launch/threads.py)
+    from harness.launch.threads import apply_thread_share
+
+    apply_thread_share()
 
 
 def _load(recipe: Path, overrides: list[str] | None, check_paths: bool = True):
@@ -191,25 +211,8 @@ def worker_command(
 
 
 def main() -> None:
-    """Entry point: typer app with one-line errors and the preemption exit code."""
-    from harness.errors import Preempted
-
-    try:
-        app(standalone_mode=False)
-    except HarnessError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(EXIT_BAD_INPUT)
-    except Preempted as stop:
-        print(f"stopped: {stop}", file=sys.stderr)
-        sys.exit(EXIT_PREEMPTED)
-    except click.exceptions.Abort:
-        print("interrupted: finished work is kept; rerun to resume", file=sys.stderr)
-        sys.exit(130)
-    except click.ClickException as err:
-        err.show()
-        sys.exit(err.exit_code)
-    except click.exceptions.Exit as done:
-        sys.exit(done.exit_code)
+    """Entry point (``harness``): the typer app; errors are handled by ``LazyGroup.invoke``."""
+    app()
 
 
 if __name__ == "__main__":

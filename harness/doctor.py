@@ -48,12 +48,14 @@ def checks() -> list[tuple[str, str, str]]:
 
     from harness.guide.embedded import cache_dir as guide_cache
     from harness.guide.model import cached_tag_file
+    from harness.launch.threads import thread_share
     from harness.metrics.musiq import CHECKPOINTS, pyiqa_cache
 
     rows: list[tuple[str, str, str]] = []
     cuda = torch.cuda.is_available()
     devices = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())) if cuda else "cpu only"
     rows.append(("torch", torch.__version__, f"CUDA {torch.version.cuda if cuda else 'not available'}; {devices}"))
+    rows.append(("CPU threads", str(torch.get_num_threads()), thread_share().describe()))
     for name in ("open_clip", "pyiqa", "pyfade", "deepspeed"):
         found = importlib.util.find_spec(name) is not None
         rows.append((name, "installed" if found else "missing", "" if found else "pip install -e . installs it"))

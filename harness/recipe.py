@@ -8,15 +8,16 @@ registered builder's signature before any work starts.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import pydantic
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from harness.errors import HarnessError
-from harness.registry import BACKBONES, DATASETS, GUIDES, METHODS, METRICS, Registry
+from harness.registry import fix_for
 
 
 class Strict(BaseModel):
@@ -99,7 +100,7 @@ class Budget(Strict):
     """
 
     pretrain_steps: int = Field(2000, ge=0)
-    pretrain_lr: float = Field(2e-4, gt=0)
+    pretrain_lr: float = Field(2e-4, gt=0, allow_inf_nan=False)
     batch_size: int = Field(8, ge=1)
     patch_size: int = Field(128, ge=8)
     checkpoint_every: int = Field(100, ge=1)
@@ -187,6 +188,15 @@ class Recipe(Strict):
     engine: EngineConfig = Field(default_factory=EngineConfig)
     resources: Resources = Field(default_factory=Resources)
 
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, name: str) -> str:
+        # the default run folder is results/<name>: a path here would write elsewhere
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+            raise ValueError(str(HarnessError(f"{name!r} is not a plain name (it names the folder results/<name>)",
+                                              "use letters, digits, '.', '_' and '-'; set out: to choose the folder")))
+        return name
+
     def run_dir(self) -> Path:
         return self.out if self.out is not None else Path("results") / self.name
 
@@ -224,9 +234,14 @@ def _normalise_lists(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-def _parse_value(raw: str) -> Any:
+def _parse_value(raw: str, dotted: str = "") -> Any:
     """YAML value, but ``1e-3`` is a number (YAML 1.1 would read it as a string)."""
-    value = yaml.safe_load(raw)
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as err:
+        raise HarnessError(f"override {dotted}={raw}: the value is not valid YAML ({getattr(err, 'problem', err)})",
+                           "write a YAML value, e.g. 4, 1e-4, [1, 2] or 'a text' (quote the whole --set for the shell)"
+                           ) from None
     if isinstance(value, str):
         try:
             return float(value)
@@ -252,7 +267,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             elif not isinstance(node, dict):
                 raise HarnessError(f"override {dotted!r}: {'.'.join(keys[:i])!r} is not a mapping")
             if last:
-                node[key] = _parse_value(raw)
+                node[key] = _parse_value(raw, dotted)
             else:
                 if isinstance(node, dict) and key not in node:
                     node[key] = {}
@@ -260,24 +275,70 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def load_recipe(path: str | Path, overrides: list[str] | None = None, check_paths: bool = True) -> Recipe:
-    """Read, override and validate a recipe; every problem is a one-line error with key and line."""
-    from harness.plugins import load_plugins
+def _duplicate_key(node: yaml.Node | None, path: str = "") -> tuple[str, int, int] | None:
+    """``(dotted key, first line, repeated line)`` of the first key given twice in one mapping."""
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[Any, int] = {}
+        for k, v in node.value:
+            name = getattr(k, "value", None)
+            dotted = f"{path}.{name}" if path else str(name)
+            if isinstance(name, str) and name != "<<":
+                if name in seen:
+                    return dotted, seen[name], k.start_mark.line + 1
+                seen[name] = k.start_mark.line + 1
+            found = _duplicate_key(v, dotted)
+            if found:
+                return found
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            found = _duplicate_key(item, f"{path}.{i}")
+            if found:
+                return found
+    return None
 
-    load_plugins()
-    path = Path(path)
+
+def _read(path: Path) -> tuple[dict[str, Any], yaml.Node | None]:
+    """The recipe's data and its YAML node tree (for line numbers); one-line errors for what is not a recipe."""
     if not path.is_file():
         raise HarnessError(f"recipe {path} not found", "pass the path of a YAML recipe, e.g. recipes/quickstart.yaml")
-    text = path.read_text()
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is None or "\x00" in text:
+        raise HarnessError(f"recipe {path} is not a text file (it looks binary)",
+                           "pass the path of a YAML recipe, e.g. recipes/quickstart.yaml")
     try:
         root = yaml.compose(text)
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise HarnessError(f"{where}: not valid YAML ({getattr(err, 'problem', err)})") from None
+        raise HarnessError(f"{where}: not valid YAML ({getattr(err, 'problem', None) or err})") from None
     if not isinstance(data, dict):
         raise HarnessError(f"{path}: a recipe must be a mapping of keys", "see recipes/quickstart.yaml")
+    repeated = _duplicate_key(root)
+    if repeated:
+        key, first, again = repeated
+        raise HarnessError(f"{path}:{again}: key {key!r} is given twice (first on line {first}); YAML would "
+                           "silently keep the last one", "keep one of them")
+    return data, root
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None, check_paths: bool = True) -> Recipe:
+    """Read, override and validate a recipe; every problem is a one-line error with key and line.
+
+    This is the one validation of ``harness run``, ``run --dry-run`` and ``harness plan``
+    (:func:`harness.validate.validate_recipe`); ``check_paths=False`` (plan) lets dataset folders
+    that do not exist yet through, unchecked.
+    """
+    from harness.plugins import load_plugins
+    from harness.validate import validate_recipe
+
+    load_plugins()
+    path = Path(path)
+    data, root = _read(path)
     data = apply_overrides(_normalise_lists(data), overrides or [])
     try:
         recipe = Recipe.model_validate(data)
@@ -292,70 +353,11 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, check_path
             raise HarnessError(f"{where}: unknown key {dotted!r}", f"check the spelling of {loc[-1]!r} under {parent}") from None
         if first["type"] == "missing":
             raise HarnessError(f"{where}: missing key {dotted!r}", "add it (see recipes/quickstart.yaml)") from None
-        raise HarnessError(f"{where}: bad value for {dotted!r}: {first['msg']}") from None
-    _validate_entries(recipe, path, root)
-    if check_paths:
-        _check_paths(recipe, path, root)
+        if first["type"] == "value_error":
+            raise HarnessError(f"{where}: bad value for {dotted!r}: {first['ctx']['error']}") from None
+        raise HarnessError(f"{where}: bad value for {dotted!r}: {first['msg']}", fix_for(first)) from None
+    validate_recipe(recipe, path, root, check_paths=check_paths)
     return recipe
-
-
-def _validate_entries(recipe: Recipe, path: Path, root: yaml.Node | None) -> None:
-    groups: list[tuple[str, Registry, list[Entry]]] = [
-        ("backbones", BACKBONES, recipe.backbones),
-        ("pretrain", DATASETS, recipe.pretrain),
-        ("target", DATASETS, recipe.target),
-        ("benchmarks", DATASETS, recipe.benchmarks),
-        ("methods", METHODS, recipe.methods),
-        ("metrics", METRICS, recipe.metrics),
-    ]
-    for key, registry, entries in groups:
-        for i, entry in enumerate(entries):
-            line = _line_of(root, (key, i))
-            where = f"{path}:{line}" if line else str(path)
-            if entry.type not in registry:
-                raise HarnessError(f"{where}: unknown {registry.kind} {entry.type!r} in {key}[{i}]",
-                                   f"use one of: {', '.join(registry.names())}")
-            params = entry.spec() if key == "backbones" else entry.params
-            params.pop("type", None)
-            swept = entry.sweep if isinstance(entry, MethodEntry) else {}
-            try:
-                empty = [name for name, values in swept.items() if not values]
-                if empty:
-                    raise HarnessError(f"sweep {empty[0]!r} of {key}[{i}] lists no values", "give at least one value")
-                first = {**params, **{name: values[0] for name, values in swept.items()}}
-                coerced = registry.validate(entry.type, first, where=f"{key}[{i}]")
-                if key == "methods" and isinstance(coerced.get("source"), dict):
-                    coerced["source"] = _validated_source(coerced["source"], f"{key}[{i}].source")
-                # keep the typed values (YAML reads 1e-4 as a string) for the keys the recipe gave
-                entry.__pydantic_extra__.update({k: coerced[k] for k in entry.params if k in coerced})
-                for name, values in swept.items():
-                    swept[name] = [registry.validate(entry.type, {**first, name: v}, where=f"{key}[{i}].sweep")[name]
-                                   for v in values]
-            except HarnessError as err:
-                raise HarnessError(f"{where}: {err}") from None
-    guide_params = dict(recipe.guide.params)
-    if recipe.guide.type not in GUIDES:
-        raise HarnessError(f"{path}: unknown guide {recipe.guide.type!r}", f"use one of: {', '.join(GUIDES.names())}")
-    try:
-        GUIDES.validate(recipe.guide.type, guide_params, where="guide")
-    except HarnessError as err:
-        raise HarnessError(f"{path}:{_line_of(root, ('guide',)) or '?'}: {err}") from None
-
-
-def _validated_source(source: dict[str, Any], where: str) -> dict[str, Any]:
-    """A nested method spec (e.g. graft's ``source``) checked like a top-level method, typed."""
-    params = {k: v for k, v in source.items() if k not in ("type", "h2c")}
-    if source.get("type") not in METHODS:
-        raise HarnessError(f"unknown method {source.get('type')!r} in {where}",
-                           f"use one of: {', '.join(METHODS.names())}")
-    coerced = METHODS.validate(source["type"], params, where=where)
-    spec = {"type": source["type"], **{k: coerced[k] for k in params}}  # as given, like a top-level entry
-    if "h2c" in source:
-        try:
-            spec["h2c"] = H2COverride.model_validate(source["h2c"]).model_dump(exclude_none=True)
-        except pydantic.ValidationError as err:
-            raise HarnessError(f"bad value for {where}.h2c: {err.errors()[0]['msg']}") from None
-    return spec
 
 
 def missing_paths(recipe: Recipe) -> list[tuple[str, Path]]:
@@ -369,11 +371,3 @@ def missing_paths(recipe: Recipe) -> list[tuple[str, Path]]:
     return missing
 
 
-def _check_paths(recipe: Recipe, path: Path, root: yaml.Node | None) -> None:
-    """Every ``root:`` of a dataset must exist before any work starts."""
-    for key, folder in missing_paths(recipe)[:1]:
-        name, index = key[:-1].split("[")
-        line = _line_of(root, (name, int(index), "root"))
-        entry_type = getattr(recipe, name)[int(index)].type
-        raise HarnessError(f"{path}:{line}: {key}.root folder {folder} does not exist",
-                           f"point {key}.root at the {entry_type} dataset folder")

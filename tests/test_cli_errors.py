@@ -52,3 +52,18 @@ def test_missing_guide_weights(tmp_path):
     line = one_error_line(run_cli(tmp_path, data))
     assert "clip.pt" in line and "guide.pretrained" in line
     assert not (tmp_path / "run" / "pretrained").exists()
+
+
+def test_dry_run_and_run_stop_on_the_same_line_in_a_real_process(tmp_path):
+    """The in-process table (tests/test_bad_input.py) in one real process per command: exit code 2, one line."""
+    data = dict(TINY, methods=[dict(TINY["methods"][2], top_k=99)])
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(dict(data, out=str(tmp_path / "run"))))
+    lines = []
+    for extra in (["--dry-run"], []):
+        proc = subprocess.run([sys.executable, "-m", "harness.cli", "run", str(path), *extra], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "300"})
+        assert proc.returncode == 2
+        lines.append(one_error_line(proc))
+    assert lines[0] == lines[1] and "top_k=99" in lines[0] and "at most 8" in lines[0]
+    assert not (tmp_path / "run").exists()

@@ -11,7 +11,7 @@ from harness.errors import HarnessError
 from harness.registry import DATASETS
 
 
-def _img(path, seed=0, size=(12, 10)):
+def _img(path, seed=0, size=(24, 20)):  # at least MIN_SIDE (16 px): smaller images are screened out
     path.parent.mkdir(parents=True, exist_ok=True)
     rgb = (np.random.default_rng(seed).random((size[1], size[0], 3)) * 255).astype(np.uint8)
     Image.fromarray(rgb).save(path)
@@ -28,7 +28,7 @@ def test_hazy_only_benchmarks(tmp_path, name, sub, expected):
     _flat(tmp_path / sub, ["b.png", "a.png", "c.jpg"])
     data = DATASETS.build(name, root=tmp_path, expect_count=False)
     assert [p.name for p in data.pairs] == ["a.png", "b.png", "c.jpg"] and not data.has_reference
-    assert data.load(0)[0].shape == (10, 12, 3) and data.load(0)[1] is None
+    assert data.load(0)[0].shape == (20, 24, 3) and data.load(0)[1] is None
     with pytest.raises(HarnessError, match=f"expected {expected} images"):
         DATASETS.build(name, root=tmp_path)
     wrong = tmp_path / "wrong"

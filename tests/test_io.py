@@ -1,8 +1,10 @@
+import os
+
 import numpy as np
 import pytest
 from PIL import Image
 
-from harness.data.io import list_images, read_image, to_array, to_tensor, write_image
+from harness.data.io import image_problem, image_size, list_images, read_image, to_array, to_tensor, write_image
 from harness.errors import HarnessError
 
 
@@ -92,3 +94,32 @@ def test_write_read_roundtrip_and_tensor_conversion(tmp_path):
     assert tuple(t.shape) == (3, 6, 5) and np.array_equal(to_array(t[None]), b)
     (tmp_path / "sub" / "notes.txt").write_text("x")
     assert [p.name for p in list_images(tmp_path / "sub")] == ["x.png"]
+
+
+def test_write_refuses_non_finite_pixels_and_leaves_nothing(tmp_path):
+    a = np.full((20, 20, 3), 0.5, dtype=np.float32)
+    a[:2] = np.nan  # 10% of the pixels: cast to uint8 they would become black
+    with pytest.raises(HarnessError, match=r"refusing to write .*x.png: 10.0% of its pixels are not finite"):
+        write_image(tmp_path / "x.png", a)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_write_is_atomic_and_respects_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        write_image(tmp_path / "x.png", np.zeros((16, 16, 3), dtype=np.float32))
+    finally:
+        os.umask(old)
+    assert [p.name for p in tmp_path.iterdir()] == ["x.png"]
+    assert (tmp_path / "x.png").stat().st_mode & 0o777 == 0o644
+
+
+def test_image_problem_decodes_headers_only_on_request(tmp_path, shared_data):
+    data = (shared_data / "real_hazy" / "Haze.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) * 2 // 3])
+    assert image_problem(tmp_path / "cut.jpg", decode=False) is None
+    assert image_problem(tmp_path / "cut.jpg") == "cannot decode: OSError"
+    assert image_problem(shared_data / "real_hazy" / "Haze.jpg") is None
+    write_image(tmp_path / "small.png", np.zeros((15, 40, 3), dtype=np.float32))
+    assert image_problem(tmp_path / "small.png", decode=False) == "40x15 px, under 16 px"
+    assert image_size(tmp_path / "small.png") == (15, 40)

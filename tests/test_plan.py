@@ -75,7 +75,8 @@ def test_a_method_parameter_reruns_that_method_only(base, tmp_path):
 
 def test_a_new_metric_rescores_without_retraining(base, tmp_path):
     before = cells_of(tmp_path, base)
-    after = cells_of(tmp_path, dict(base, metrics=base["metrics"] + [{"type": "ssim", "label": "ssim2"}]), "b.yaml")
+    after = cells_of(tmp_path, dict(base, metrics=base["metrics"] + [{"type": "ssim", "label": "ssim_y", "y_channel": True}]),
+                     "b.yaml")
     assert after["bilalora"].id != before["bilalora"].id
     assert after["bilalora"].adapt_id == before["bilalora"].adapt_id
 

@@ -58,7 +58,7 @@ def test_ids_change_with_what_changes_results_only(base, tmp_path):
     changed = {c.labels["method"]: c for c in expand(load_recipe(write(tmp_path, more_steps)))}
     assert changed["full_ft"].id != ids["full_ft"].id
     assert changed["bilalora"].id == ids["bilalora"].id
-    new_metric = dict(base, metrics=base["metrics"] + ["psnr"][:0] + [{"type": "ssim", "label": "ssim2"}])
+    new_metric = dict(base, metrics=base["metrics"] + [{"type": "ssim", "label": "ssim_y", "y_channel": True}])
     rescored = {c.labels["method"]: c for c in expand(load_recipe(write(tmp_path, new_metric)))}
     # a new metric re-scores (new cell id) without retraining (same adapt id)
     assert rescored["bilalora"].id != ids["bilalora"].id
@@ -115,3 +115,132 @@ def test_scientific_notation_becomes_numbers(base, tmp_path):
     recipe = load_recipe(write(tmp_path, base))
     assert recipe.methods[1].params["lr"] == 1e-4
     assert expand(recipe)[1].method["lr"] == 1e-4
+
+
+# ---------------------------------------------------------------- validation before any work (issue 9)
+
+
+def _method(base: dict, i: int, **changes) -> dict:
+    data = yaml.safe_load(yaml.safe_dump(base))
+    data["methods"][i].update(changes)
+    return data
+
+
+def test_search_without_gate_updates_is_rejected(base, tmp_path):
+    """Failure 4: search_steps <= warmup_steps never updates a gate; the search 'keeps' the first sites."""
+    for search, warmup in ((5, 5), (3, 10)):
+        with pytest.raises(HarnessError, match=rf"search_steps={search} is not above warmup_steps={warmup}"):
+            load_recipe(write(tmp_path, _method(base, 3, search_steps=search, warmup_steps=warmup)))
+    swept = _method(base, 3, warmup_steps=5, sweep={"search_steps": [20, 5]})  # one swept cell is bad
+    with pytest.raises(HarnessError, match=r"methods\[3\]\.sweep.*search_steps=5 is not above"):
+        load_recipe(write(tmp_path, swept))
+    load_recipe(write(tmp_path, _method(base, 3, search_steps=6, warmup_steps=5)))  # one update: accepted
+
+
+@pytest.mark.parametrize("index,key,value,expected", [
+    (3, "finetune_steps", -4, "greater than or equal to 1"),  # failure 7: was accepted and recorded
+    (1, "steps", 0, "greater than or equal to 1"),
+    (3, "rank", 0, "greater than or equal to 1"),
+    (2, "rank", -2, "greater than or equal to 1"),
+    (1, "lr", -1e-4, "greater than 0"),
+    (1, "lr", float("nan"), "finite number"),
+    (3, "gate_lr", float("inf"), "finite number"),
+    (3, "warmup_steps", -1, "greater than or equal to 0"),
+    (2, "alpha", 0, "greater than 0"),
+])
+def test_every_step_count_rank_and_lr_is_validated(base, tmp_path, index, key, value, expected):
+    with pytest.raises(HarnessError, match=rf"methods\[{index}\]\.{key}.*{expected}"):
+        load_recipe(write(tmp_path, _method(base, index, **{key: value})))
+
+
+def test_top_k_and_sites_are_checked_against_the_backbones_candidate_groups(base, tmp_path):
+    """DEA-Net tiny has 8 candidate groups (4 + 4 blocks, the paper's grouping at tiny width)."""
+    with pytest.raises(HarnessError, match=r"top_k=99 but backbone dea_net-tiny has 8 candidate.*at most 8"):
+        load_recipe(write(tmp_path, _method(base, 3, top_k=99)))
+    with pytest.raises(HarnessError, match=r"top_k=3 but backbone dea_net-tiny has 2 candidate"):
+        load_recipe(write(tmp_path, _method(base, 3, top_k=3, sites=["level3_block1", "level3_block2"])))
+    with pytest.raises(HarnessError, match=r"backbone dea_net-tiny: LoRA site pattern 'level9\*' matches no"):
+        load_recipe(write(tmp_path, _method(base, 2, sites=["level9*"])))
+    # every backbone of the recipe: AOD-Net has 5 groups, so top_k 6 fails there only
+    two = _method(base, 3, top_k=6)
+    two["backbones"].append({"type": "aod_net", "variant": "tiny"})
+    with pytest.raises(HarnessError, match=r"methods\[2\]: backbone aod_net-tiny: .*'level3_block1' matches no"):
+        load_recipe(write(tmp_path, two))  # manual_lora's DEA-Net sites do not exist on AOD-Net
+    two["methods"].pop(2)
+    with pytest.raises(HarnessError, match=r"backbone aod_net-tiny has 5"):
+        load_recipe(write(tmp_path, two))
+    load_recipe(write(tmp_path, _method(base, 3, top_k=8)))
+
+
+def test_unknown_variant_and_bad_synthetic_parameters_fail_at_validation(base, tmp_path):
+    bad = yaml.safe_load(yaml.safe_dump(base))
+    bad["backbones"][0]["variant"] = "huge"
+    with pytest.raises(HarnessError, match=r"backbones\[0\]: unknown dea_net variant 'huge'.*full, tiny"):
+        load_recipe(write(tmp_path, bad))
+    for key, value, expected in (("kind", "fog", "'asm', 'ridcp'"), ("count", 0, "at least 1"), ("size", 8, "16")):
+        bad = yaml.safe_load(yaml.safe_dump(base))
+        bad["target"][0][key] = value
+        with pytest.raises(HarnessError, match=rf"target\[0\]\.{key}.*{expected}"):
+            load_recipe(write(tmp_path, bad))
+
+
+def test_duplicate_labels_and_entries_are_refused(base, tmp_path):
+    """Failure 8: two differently configured methods with one label were merged into one report row."""
+    same_label = yaml.safe_load(yaml.safe_dump(base))
+    same_label["methods"].append({"type": "full_ft", "steps": 120, "lr": 1e-4})  # label 'full_ft' again
+    with pytest.raises(HarnessError,
+                       match=r"methods\[4\] and methods\[1\] .* share the label 'full_ft' but differ in steps"):
+        load_recipe(write(tmp_path, same_label))
+    relabelled = yaml.safe_load(yaml.safe_dump(same_label))
+    relabelled["methods"][4]["label"] = "full_ft-120"
+    assert len(expand(load_recipe(write(tmp_path, relabelled)))) == 5
+    repeated = yaml.safe_load(yaml.safe_dump(base))
+    repeated["methods"].append(dict(repeated["methods"][3], label="again"))  # same spec, another label
+    with pytest.raises(HarnessError, match=r"methods\[4\] repeats methods\[3\]"):
+        load_recipe(write(tmp_path, repeated))
+    sweep_twice = _method(base, 3, sweep={"top_k": [1, 2, 1]})
+    with pytest.raises(HarnessError, match=r"'bilalora\[top_k=1\]' and 'bilalora\[top_k=1\]' give the same cell"):
+        load_recipe(write(tmp_path, sweep_twice))
+    two_benchmarks = yaml.safe_load(yaml.safe_dump(base))
+    two_benchmarks["benchmarks"].append(dict(two_benchmarks["benchmarks"][0], seed=5))  # label 'nonuniform-test'
+    with pytest.raises(HarnessError, match=r"benchmarks\[1\] and benchmarks\[0\].*share the label"):
+        load_recipe(write(tmp_path, two_benchmarks))
+
+
+def test_duplicate_yaml_key_names_both_lines(tmp_path):
+    text = QUICKSTART.read_text().replace("  batch_size: 8\n", "  batch_size: 8\n  batch_size: 2\n")
+    path = tmp_path / "dup.yaml"
+    path.write_text(text)
+    first = next(i for i, l in enumerate(text.splitlines(), 1) if "batch_size: 8" in l)
+    with pytest.raises(HarnessError, match=rf"dup.yaml:{first + 1}: key 'budget.batch_size' is given twice "
+                                           rf"\(first on line {first}\)"):
+        load_recipe(path)
+
+
+def test_name_must_not_be_a_path(base, tmp_path):
+    for name in ("../../escape", "a/b", ".hidden", ""):
+        with pytest.raises(HarnessError, match=r"bad value for 'name'"):
+            load_recipe(write(tmp_path, dict(base, name=name)))
+    assert load_recipe(write(tmp_path, dict(base, name="study-2.v1_b"))).run_dir() == Path("results/study-2.v1_b")
+
+
+def test_top_level_on_corrupt_becomes_every_datasets_default(base, tmp_path):
+    recipe = load_recipe(write(tmp_path, dict(base, on_corrupt="skip")))
+    assert all(e.params["on_corrupt"] == "skip" for e in recipe.pretrain + recipe.target + recipe.benchmarks)
+    own = yaml.safe_load(yaml.safe_dump(base))
+    own["benchmarks"][0]["on_corrupt"] = "fail"
+    recipe = load_recipe(write(tmp_path, dict(own, on_corrupt="skip")))
+    assert recipe.benchmarks[0].params["on_corrupt"] == "fail" and recipe.target[0].params["on_corrupt"] == "skip"
+    # the default ('fail') is not written into the entries, so the cells of existing recipes keep their ids
+    assert "on_corrupt" not in load_recipe(write(tmp_path, base)).benchmarks[0].params
+
+
+def test_patch_size_larger_than_every_training_image_is_refused(base, tmp_path):
+    """The quickstart's pretraining images are 96 px: a 512 px patch would upscale each one 5.3x."""
+    bad = yaml.safe_load(yaml.safe_dump(base))
+    bad["budget"]["patch_size"] = 512
+    with pytest.raises(HarnessError, match=r"pretrain\[0\] \(asm\): budget.patch_size=512 is larger than every "
+                                           r"image.*at most 96"):
+        load_recipe(write(tmp_path, bad))
+    bad["budget"]["patch_size"] = 96
+    load_recipe(write(tmp_path, bad))

@@ -14,8 +14,10 @@ Every training loop runs on the engine (``harness.adapt.training.run_loop``).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
+from pydantic import Field
 
 from harness.adapt.adapter_io import save_adapter
 from harness.adapt.base import AdaptJob, AdaptResult
@@ -32,7 +34,7 @@ from harness.adapt.search import search_gates
 from harness.adapt.training import AdamStepper, LoopTotals, run_loop
 from harness.errors import HarnessError
 from harness.models.base import count_params
-from harness.registry import METHODS
+from harness.registry import METHODS, CheckContext, NonNegativeInt, PositiveFloat, PositiveInt
 
 
 @dataclass
@@ -149,6 +151,30 @@ class LayerSearch:
                              totals, offset=self.search_steps, total=total)
 
 
+def _sites_match(params: dict, context: CheckContext) -> dict[str, dict[str, list[str]]]:
+    """The selected candidate groups per backbone (a pattern that matches nothing is an error)."""
+    selected = {}
+    for label, model in context.backbones.items():
+        try:
+            selected[label] = select_sites(model, params["sites"])
+        except HarnessError as err:
+            raise HarnessError(f"backbone {label}: {err}") from None
+    return selected
+
+
+def _search_fits(params: dict, context: CheckContext) -> None:
+    """The gates get at least one update, and ``top_k`` groups exist on every backbone."""
+    if params["search_steps"] <= params["warmup_steps"]:
+        raise HarnessError(
+            f"search_steps={params['search_steps']} is not above warmup_steps={params['warmup_steps']}, "
+            "so the search would never update a gate",
+            f"set search_steps above {params['warmup_steps']} or lower warmup_steps")
+    for label, groups in _sites_match(params, context).items():
+        if params["top_k"] > len(groups):
+            raise HarnessError(f"top_k={params['top_k']} but backbone {label} has {len(groups)} candidate "
+                               "site group(s)", f"set top_k to at most {len(groups)} (`harness models` lists them)")
+
+
 @METHODS.register("none")
 def none() -> NoAdaptation:
     """The pretrained model, unchanged."""
@@ -156,31 +182,37 @@ def none() -> NoAdaptation:
 
 
 @METHODS.register("full_ft")
-def full_ft(steps: int = 100, lr: float = 1e-4) -> FullFineTune:
+def full_ft(steps: PositiveInt = 100, lr: PositiveFloat = 1e-4) -> FullFineTune:
     """Every weight trained with H2C on the target training split."""
     return FullFineTune(steps, lr)
 
 
-@METHODS.register("manual_lora")
-def manual_lora(sites: list[str], rank: int = 8, alpha: float = 16, steps: int = 100, lr: float = 1e-4,
-                layout: Layout = "conv") -> ManualLoRA:
+def _sites_fit(params: dict, context: CheckContext) -> None:
+    _sites_match(params, context)
+
+
+@METHODS.register("manual_lora", check=_sites_fit)
+def manual_lora(sites: Annotated[list[str], Field(min_length=1)], rank: PositiveInt = 8, alpha: PositiveFloat = 16,
+                steps: PositiveInt = 100, lr: PositiveFloat = 1e-4, layout: Layout = "conv") -> ManualLoRA:
     """LoRA at hand-picked site groups (names or fnmatch patterns)."""
     return ManualLoRA(sites, rank, alpha, steps, lr, layout)
 
 
-@METHODS.register("bilalora")
-def bilalora(rank: int = 8, alpha: float = 16, top_k: int = 3, search_steps: int = 50, finetune_steps: int = 200,
-             lr: float = 1e-4, gate_lr: float = 1e-2, warmup_steps: int = 5,
-             sites: list[str] | None = None, layout: Layout = "conv", fresh_finetune: bool = False) -> LayerSearch:
+@METHODS.register("bilalora", check=_search_fits)
+def bilalora(rank: PositiveInt = 8, alpha: PositiveFloat = 16, top_k: PositiveInt = 3, search_steps: PositiveInt = 50,
+             finetune_steps: PositiveInt = 200, lr: PositiveFloat = 1e-4, gate_lr: PositiveFloat = 1e-2,
+             warmup_steps: NonNegativeInt = 5, sites: list[str] | None = None, layout: Layout = "conv",
+             fresh_finetune: bool = False) -> LayerSearch:
     """Bilevel layer-positioning LoRA: gates on the validation split, LoRA on the training split."""
     return LayerSearch(rank, alpha, top_k, search_steps, finetune_steps, lr, gate_lr, warmup_steps, sites, True,
                        layout=layout, fresh_finetune=fresh_finetune)
 
 
-@METHODS.register("naive_joint")
-def naive_joint(rank: int = 8, alpha: float = 16, top_k: int = 3, search_steps: int = 50, finetune_steps: int = 200,
-                lr: float = 1e-4, gate_lr: float = 1e-2, warmup_steps: int = 5,
-                sites: list[str] | None = None, layout: Layout = "conv", fresh_finetune: bool = False) -> LayerSearch:
+@METHODS.register("naive_joint", check=_search_fits)
+def naive_joint(rank: PositiveInt = 8, alpha: PositiveFloat = 16, top_k: PositiveInt = 3,
+                search_steps: PositiveInt = 50, finetune_steps: PositiveInt = 200, lr: PositiveFloat = 1e-4,
+                gate_lr: PositiveFloat = 1e-2, warmup_steps: NonNegativeInt = 5, sites: list[str] | None = None,
+                layout: Layout = "conv", fresh_finetune: bool = False) -> LayerSearch:
     """The single-level ablation: gates and LoRA trained together on the training split."""
     return LayerSearch(rank, alpha, top_k, search_steps, finetune_steps, lr, gate_lr, warmup_steps, sites, False,
                        name="naive_joint", layout=layout, fresh_finetune=fresh_finetune)

@@ -3,26 +3,31 @@ built-in synthesizer, registered in ``DATASETS`` by name. Each builder checks it
 and raises a one-line ``HarnessError`` saying what it found and what it expected.
 """
 
+import contextvars
 import hashlib
 import json
 import os
 import re
 import shutil
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Iterator, Literal
 
 import numpy as np
 from PIL import Image
+from pydantic import Field
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import track
 from scipy import ndimage
 
 from harness.data import synth
-from harness.data.io import list_images, read_image, write_image
+from harness.data.io import MIN_SIDE, image_problem, list_images, read_image, write_image
 from harness.errors import HarnessError
-from harness.registry import DATASETS
+from harness.registry import DATASETS, PositiveInt
 
 OnCorrupt = Literal["fail", "skip"]
 _HASH_BLOCK = 1 << 16
@@ -132,32 +137,56 @@ def _check_count(name: str, folder: Path, found: int, expected: int | None, expe
                            "complete the download, or set expect_count: false for a subset")
 
 
-def _decodable(path: Path) -> bool:
+_HEADERS_ONLY = contextvars.ContextVar("screen_headers_only", default=False)
+_WARNED: set[tuple[str, frozenset[Path]]] = set()
+
+
+@contextmanager
+def screen_headers_only() -> Iterator[None]:
+    """Datasets built inside are screened by their headers (format, size) only, not decoded: cheap
+    enough for recipe validation; a file truncated after its header is found by the full screening."""
+    token = _HEADERS_ONLY.set(True)
     try:
-        with Image.open(path) as im:
-            im.verify()
-        return True
-    except Exception:  # Pillow raises many types for broken files; any of them means corrupt
-        return False
+        yield
+    finally:
+        _HEADERS_ONLY.reset(token)
+
+
+def _problems(name: str, files: list[Path]) -> dict[Path, str]:
+    """``{file: why it is unusable}``: decoded (threads: Pillow releases the GIL), or headers only."""
+    from harness.launch.threads import thread_share
+
+    decode = not _HEADERS_ONLY.get()
+    with ThreadPoolExecutor(max_workers=thread_share().threads if decode else 1) as pool:
+        found = pool.map(lambda p: image_problem(p, decode=decode), files)
+        found = track(found, total=len(files), description=f"checking {name}", transient=True,
+                      disable=len(files) < 500 or not decode)
+        return {p: why for p, why in zip(files, found) if why is not None}
 
 
 def _finish(name: str, root: Path, pairs: list[ImagePair], on_corrupt: OnCorrupt, limit: int | None) -> ImageSet:
-    """Screen files for corruption (fail or skip with a warning), then apply ``limit``."""
+    """Screen files (undecodable or under ``MIN_SIDE`` px: fail, or skip with one warning), then apply ``limit``."""
     if on_corrupt not in ("fail", "skip"):
         raise HarnessError(f"{name}: on_corrupt must be 'fail' or 'skip', got {on_corrupt!r}")
     if limit is not None and limit < 1:
         raise HarnessError(f"{name}: limit must be at least 1, got {limit}")
-    files = [p for pair in pairs for p in (pair.hazy, pair.clear) if p is not None]
-    bad = {p for p in track(files, description=f"checking {name}", transient=True, disable=len(files) < 500)
-           if not _decodable(p)}
+    files = list(dict.fromkeys(p for pair in pairs for p in (pair.hazy, pair.clear) if p is not None))
+    bad = _problems(name, files)
     if bad:
-        names = ", ".join(sorted(_relative(p, root) for p in bad))
+        shown = sorted(bad, key=lambda p: _relative(p, root))
+        names = ", ".join(f"{_relative(p, root)} ({bad[p]})" for p in shown[:5]) + (" ..." if len(bad) > 5 else "")
         if on_corrupt == "fail":
             raise HarnessError(f"{name}: {len(bad)} corrupt image(s) under {root}: {names}",
-                               "replace them, or set on_corrupt: skip")
-        Console(stderr=True).print(f"[yellow]warning: {name}: skipped {len(bad)} corrupt image(s): {names}[/]",
-                                   markup=True, highlight=False)
+                               "replace or remove them, or set on_corrupt: skip on this dataset")
+        key = (name, frozenset(bad))
+        if key not in _WARNED:  # validation, then the run, screen the same set: say it once
+            _WARNED.add(key)
+            message = f"{name}: skipped {len(bad)} corrupt image(s): {names}"
+            Console(stderr=True).print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
         pairs = [p for p in pairs if p.hazy not in bad and p.clear not in bad]
+        if not pairs:
+            raise HarnessError(f"{name}: every image under {root} is unusable ({names})",
+                               "point root at a folder of readable images")
     if limit is not None:
         pairs = pairs[:limit]
     return ImageSet(name, root, pairs)
@@ -448,7 +477,8 @@ def _load_sources(source: str, files: list[Path]) -> list[tuple[np.ndarray, np.n
 
 
 @DATASETS.register("synthetic")
-def synthetic(source: str = "skimage", kind: str = "asm", count: int = 16, size: int = 128, seed: int = 0,
+def synthetic(source: str = "skimage", kind: Literal[tuple(synth.KINDS)] = "asm",  # type: ignore[valid-type]
+              count: PositiveInt = 16, size: Annotated[int, Field(ge=MIN_SIDE)] = 128, seed: int = 0,
               cache_dir: Path | None = None, on_corrupt: OnCorrupt = "fail", limit: int | None = None) -> ImageSet:
     """Hazy/clear PNG pairs made by :mod:`harness.data.synth`, cached by their parameters.
 

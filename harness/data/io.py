@@ -3,11 +3,15 @@
 Reads any format Pillow decodes (PNG, JPEG, BMP, TIFF, ...) by sniffing the bytes, applies EXIF
 orientation, drops alpha, expands grayscale, and scales 8/16-bit and float data to [0, 1].
 Pillow truncates 16-bit colour PNGs to 8 bits, so those are decoded with OpenCV (a pyiqa dependency).
-A file that cannot be decoded raises a one-line :class:`HarnessError` naming it.
+A file that cannot be decoded raises a one-line :class:`HarnessError` naming it;
+:func:`image_problem` says why a file is unusable (undecodable, or under ``MIN_SIDE`` pixels) without
+raising, for screening a dataset. Writes are atomic and refuse non-finite pixels.
 """
 
 from __future__ import annotations
 
+import os
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,6 +24,8 @@ if TYPE_CHECKING:
     import torch
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+MIN_SIDE = 16  # smaller images break FADE's blocks, SSIM's window and DEA-Net's padding
+_DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
 def read_image(path: str | Path) -> np.ndarray:
@@ -32,7 +38,7 @@ def read_image(path: str | Path) -> np.ndarray:
             im.load()
             im = ImageOps.exif_transpose(im)
             arr = _to_rgb_float(im)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+    except _DECODE_ERRORS as err:
         raise HarnessError(
             f"cannot decode image {path}: {err.__class__.__name__}",
             "replace or delete the file, or set on_corrupt: skip in the recipe (harness eval: --skip-corrupt)",
@@ -41,6 +47,32 @@ def read_image(path: str | Path) -> np.ndarray:
 
 
 _ORIENTATION = 0x0112
+
+
+def image_problem(path: str | Path, decode: bool = True) -> str | None:
+    """Why ``path`` is not a usable image, or None. ``decode=False`` reads only the header (size).
+
+    Decoding is what finds truncated files (``Image.verify()`` passes a truncated JPEG); JPEGs are
+    decoded at reduced scale (``draft``), which still reads every byte of the compressed data.
+    """
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            if min(w, h) < MIN_SIDE:
+                return f"{w}x{h} px, under {MIN_SIDE} px"
+            if decode:
+                if im.format == "JPEG":
+                    im.draft(None, (max(MIN_SIDE, w // 8), max(MIN_SIDE, h // 8)))
+                im.load()
+    except _DECODE_ERRORS as err:
+        return f"cannot decode: {err.__class__.__name__}"
+    return None
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """``(height, width)`` from the header, EXIF orientation ignored (the short side is the same)."""
+    with Image.open(path) as im:
+        return im.size[1], im.size[0]
 
 
 def _png_is_16bit_colour(path: Path) -> bool:
@@ -95,10 +127,25 @@ def to_array(t: torch.Tensor) -> np.ndarray:
 
 
 def write_image(path: str | Path, arr: np.ndarray) -> None:
-    """Write an HxWx3 float array in [0, 1] as an 8-bit image (format from the suffix)."""
+    """Write an HxWx3 float array in [0, 1] as an 8-bit image (format from the suffix), atomically.
+
+    Non-finite values are refused: casting them to 8 bits would silently paint those pixels black.
+    """
     path = Path(path)
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        raise HarnessError(f"refusing to write {path}: {bad.any(axis=-1).mean():.1%} of its pixels are not finite",
+                           "find where the NaN/inf values come from (e.g. a model that diverged)")
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray((np.clip(arr, 0, 1) * 255.0 + 0.5).astype(np.uint8)).save(path)
+    image = Image.fromarray((np.clip(arr, 0, 1) * 255.0 + 0.5).astype(np.uint8))
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")  # open() respects the umask
+    try:
+        with open(tmp, "xb") as f:
+            image.save(f, format=Image.registered_extensions().get(path.suffix.lower(), "PNG"))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def list_images(folder: str | Path) -> list[Path]:

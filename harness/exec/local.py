@@ -37,12 +37,9 @@ class Slot:
 
 
 def cpu_share(processes: int) -> int:
-    """Cores per process when ``processes`` share this machine's cores (at least one)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count() or 1
-    return max(1, cores // max(1, processes))
+    from harness.launch.threads import thread_share
+
+    return thread_share(processes).threads
 
 
 def make_slots(workers: int, gpus_per_cell: int) -> list[Slot]:

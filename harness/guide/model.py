@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -125,26 +126,49 @@ def cached_tag_file(model: str, tag: str, cache_dir: Path | None = None) -> tupl
     return None, looked
 
 
-def load_open_clip(model: str, pretrained: str | None, cache_dir: Path | None = None) -> Guide:
-    """An open_clip guide from a cached tag, a local weights file, or (``pretrained=None``) random weights."""
+def _weights_format(path: Path) -> str | None:
+    """"safetensors", "torch" (a zip archive or a legacy pickle) or None, from the first bytes."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if head.startswith((b"PK\x03\x04", b"\x80")):
+        return "torch"
+    size = int.from_bytes(head[:8], "little") if len(head) == 9 else 0
+    return "safetensors" if head[8:9] == b"{" and 0 < size < path.stat().st_size else None
+
+
+def resolve_weights(model: str, pretrained: str | None, cache_dir: Path | None = None) -> tuple[Path | None, str]:
+    """``(weights file or None, description)`` for ``model``/``pretrained``; cheap (nothing is loaded),
+    so recipe validation runs it too."""
     if model not in open_clip.list_models():
         raise HarnessError(f"unknown open_clip model {model!r}", "set guide.model to a name from open_clip.list_models()")
     if pretrained is None:
-        weights, source = None, "random init"
-    elif _looks_like_path(pretrained):
+        return None, "random init"
+    if _looks_like_path(pretrained):
         weights = Path(pretrained).expanduser()
         if not weights.is_file():
             raise HarnessError(f"guide weights {weights} not found",
                                "set guide.pretrained to an existing open_clip weights file or a cached tag")
-        source = str(weights)
-    else:
-        weights, looked = cached_tag_file(model, pretrained, cache_dir)
-        if weights is None:
-            where = " or ".join(str(p) for p in looked)
-            raise HarnessError(f"guide weights for {model}/{pretrained} are not cached (looked in {where})",
-                               "copy them there, or set guide.pretrained to a local weights file")
-        source = f"{pretrained} ({weights})"
-    clip = create_model(model, pretrained=str(weights) if weights else None)
+        if _weights_format(weights) is None:
+            raise HarnessError(f"guide weights {weights} are not a weights file (neither a torch checkpoint nor "
+                               "safetensors)", "set guide.pretrained to open_clip weights (.pt, .bin, .safetensors) "
+                               "or a cached tag")
+        return weights, str(weights)
+    weights, looked = cached_tag_file(model, pretrained, cache_dir)
+    if weights is None:
+        where = " or ".join(str(p) for p in looked)
+        raise HarnessError(f"guide weights for {model}/{pretrained} are not cached (looked in {where})",
+                           "copy them there, or set guide.pretrained to a local weights file")
+    return weights, f"{pretrained} ({weights})"
+
+
+def load_open_clip(model: str, pretrained: str | None, cache_dir: Path | None = None) -> Guide:
+    """An open_clip guide from a cached tag, a local weights file, or (``pretrained=None``) random weights."""
+    weights, source = resolve_weights(model, pretrained, cache_dir)
+    try:
+        clip = create_model(model, pretrained=str(weights) if weights else None)
+    except (RuntimeError, KeyError, ValueError, pickle.UnpicklingError) as err:  # weights of another model
+        raise HarnessError(f"guide weights {weights} do not load into open_clip {model} ({type(err).__name__})",
+                           "set guide.pretrained to weights of that model, or guide.model to theirs") from None
     info = {"type": "open_clip", "model": model, "pretrained": source,
             "sha256": file_sha256(weights) if weights else None}
     return _as_guide(clip, model, info)
