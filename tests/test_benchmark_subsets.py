@@ -14,7 +14,7 @@ def urhi_root(tmp_path):
     folder = tmp_path / "URHI" / "UnannotatedHazyImages"
     rng = np.random.default_rng(0)
     for i in range(12):
-        write_image(folder / f"img{i:03d}.png", rng.random((8, 8, 3)).astype(np.float32))
+        write_image(folder / f"img{i:03d}.png", rng.random((16, 16, 3)).astype(np.float32))
     return tmp_path / "URHI"
 
 

@@ -57,6 +57,7 @@ benchmarks: [{{type: fattal, root: {tmp_path / 'no-fattal'}}}]
 metrics: [fade, {{type: musiq, weights: {tmp_path / 'musiq.pth'}}}, {{type: biqme, optional: true}}]
 guide: {{type: open_clip, model: ViT-B-32, pretrained: {tmp_path / 'clip.safetensors'}}}
 methods: [{{type: none}}]
+budget: {{patch_size: 32}}
 """
     path = tmp_path / "r.yaml"
     path.write_text(text)
@@ -67,7 +68,7 @@ def test_doctor_recipe_names_each_missing_thing_and_its_key(tmp_path):
     folder = tmp_path / "fade500"
     folder.mkdir()
     for i in range(3):
-        Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(folder / f"{i}.png")
+        Image.fromarray(np.full((32, 32, 3), 40 * i, np.uint8)).save(folder / f"{i}.png")
     rows = {key: (status, detail) for _, key, status, detail in recipe_needs(_recipe(tmp_path, folder))}
     assert rows["pretrain[0]"][0] == "built-in"
     assert rows["target[0]"] == ("ready", f"3 image(s) under {folder}")
