@@ -102,9 +102,13 @@ class GuideConfig(Entry):
 
 
 class EvalConfig(Strict):
-    workers: int = Field(1, ge=1)
+    workers: int = Field(1, ge=1)  # processes for the CPU-only metrics (fade impl: pyfade, biqme)
     max_side: int | None = Field(None, ge=16)  # downscale larger images before restoring
     save_outputs: bool = False
+    batch_size: int = Field(8, ge=1)  # same-size images restored and scored together
+    tile: int | None = Field(None, ge=64)  # restore larger images in tiles, as `harness dehaze --tile`
+    overlap: int = Field(32, ge=0)
+    samples: int = Field(4, ge=0)  # input/output PNG pairs kept per benchmark
 
 
 class Recipe(Strict):
@@ -355,6 +359,8 @@ def expand(recipe: Recipe) -> list[Cell]:
         "benchmarks": [b.spec() for b in recipe.benchmarks],
         "metrics": [m.spec() for m in recipe.metrics],
         "max_side": recipe.eval.max_side,
+        # tiling changes what is scored; keyed only when on, so untiled records keep their ids
+        **({"tile": recipe.eval.tile, "overlap": recipe.eval.overlap} if recipe.eval.tile is not None else {}),
     }
     methods: list[tuple[dict[str, Any], str]] = []
     for m in recipe.methods:

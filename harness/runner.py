@@ -30,12 +30,12 @@ from rich.progress import (
 )
 
 from harness.adapt.base import AdaptJob
-from harness.benchmark import score_model
 from harness.data.sequence import ImageSequence
 from harness.errors import HarnessError
 from harness.launch.distributed import rank_world
 from harness.metrics.base import Metric, build_metric
 from harness.metrics.efficiency import efficiency_figures, peak_memory
+from harness.metrics.scoring import score_model
 from harness.models.base import build_backbone
 from harness.pretrain.supervised import pretrain_supervised
 from harness.provenance import environment, git_state, package_versions
@@ -267,10 +267,12 @@ class RecipeRunner:
         pretrain_meta = sidecar(self.store.pretrained_dir(cell.pretrain_id) / "model.safetensors")
         model, meta = self.adapted(cell, base)
         benchmarks = {b.name: self.dataset(b.spec()) for b in self.recipe.benchmarks}
-        means = score_model(
+        ev = self.recipe.eval
+        scores = score_model(
             model, benchmarks, self.metrics(), self.store.scores_dir(cell.id), self.device,
-            max_side=self.recipe.eval.max_side, on_corrupt=self.recipe.on_corrupt,
-            save_outputs=self.recipe.eval.save_outputs,
+            max_side=ev.max_side, on_corrupt=self.recipe.on_corrupt, save_outputs=ev.save_outputs,
+            batch_size=ev.batch_size, tile=ev.tile, overlap=ev.overlap, workers=ev.workers,
+            samples=ev.samples, relative_to=self.store.root,
         )
         efficiency = {
             "train_seconds": meta["train_seconds"],
@@ -290,15 +292,15 @@ class RecipeRunner:
                 "recipe": self.recipe.name, "pretrain_seconds": pre_info.get("train_seconds"),
                 "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             },
-            "metrics": means,
-            "metric_directions": {n: (m.spec.lower_better if m is not None else None)
-                                  for n, m in self.metrics().items()},
+            "metrics": scores.means,
+            "metric_directions": {**{n: None for n in self.metrics()}, **scores.directions},
             "efficiency": efficiency,
             "method_info": meta.get("info", {}),
             "artifacts": {
                 "pretrained": self.store.relative(self.store.pretrained_dir(cell.pretrain_id) / "model.safetensors"),
                 "adapted": self.store.relative(self.store.adapted_dir(cell.adapt_id) / "model.safetensors"),
                 **meta.get("artifacts", {}),
+                "samples": scores.samples,
             },
         }
 
