@@ -292,15 +292,15 @@ class RecipeRunner:
                 "recipe": self.recipe.name, "pretrain_seconds": pre_info.get("train_seconds"),
                 "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             },
-            "metrics": scores.means,
-            "metric_directions": {**{n: None for n in self.metrics()}, **scores.directions},
+            "metrics": scores["means"],
+            "metric_directions": {**{n: None for n in self.metrics()}, **scores["directions"]},
             "efficiency": efficiency,
             "method_info": meta.get("info", {}),
             "artifacts": {
                 "pretrained": self.store.relative(self.store.pretrained_dir(cell.pretrain_id) / "model.safetensors"),
                 "adapted": self.store.relative(self.store.adapted_dir(cell.adapt_id) / "model.safetensors"),
                 **meta.get("artifacts", {}),
-                "samples": scores.samples,
+                "samples": scores["samples"],
             },
         }
 

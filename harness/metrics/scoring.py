@@ -208,7 +208,7 @@ def _restore(model: nn.Module | None, images: torch.Tensor, tile: int | None, ov
     if out.shape != images.shape:
         raise HarnessError(f"the model returned {tuple(out.shape[-2:])} for a {tuple(images.shape[-2:])} input",
                            "use a backbone that restores at the input's size")
-    return out.float().clamp_(0, 1)
+    return out.float().clamp(0, 1)  # not in place: an identity model returns its input
 
 
 def score_stream(jobs: list[Job], metrics: dict[str, Metric], device: torch.device | str = "cpu", *,
