@@ -116,7 +116,7 @@ def eval_command(
     batch_size: Annotated[int, typer.Option("--batch-size", help="Same-size images scored together.")] = 8,
 ) -> None:
     """Score every image in a folder; print the means and write per-image CSV (under torchrun: sharded by rank)."""
-    from harness.runner import resolve_device
+    from harness.stages.context import resolve_device
 
     names = [m.strip() for m in metrics.split(",") if m.strip()]
     if not names:
