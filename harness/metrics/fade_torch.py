@@ -124,8 +124,8 @@ def _mscn_taps() -> tuple[tuple[float, ...], tuple[float, ...]]:
 
     x = np.arange(-_MSCN_RADIUS, _MSCN_RADIUS + 1, dtype=np.float64)
     kernel = np.exp(-(x[None, :] ** 2 + x[:, None] ** 2) / (2.0 * (7.0 / 6.0) ** 2))
-    kernel = kernel / kernel.sum()
-    kernel = kernel / kernel.sum()
+    kernel = kernel / kernel.sum()  # fspecial normalises,
+    kernel = kernel / kernel.sum()  # and FADE's code normalises again
     u, s, vh = np.linalg.svd(kernel)
     column, row = np.sqrt(s[0]) * u[:, 0], np.sqrt(s[0]) * vh[0]
     if column[_MSCN_RADIUS] < 0:
@@ -140,7 +140,8 @@ def _symmetric_filter(x: torch.Tensor, taps: tuple[float, ...], dim: int) -> tor
     n = x.shape[dim] - 2 * r
     out = x.narrow(dim, r, n) * taps[r]
     for j in range(r, 0, -1):
-        out = out + (x.narrow(dim, r - j, n) + x.narrow(dim, r + j, n)) * taps[r - j]
+        pair = x.narrow(dim, r - j, n) + x.narrow(dim, r + j, n)
+        out.add_(pair.mul_(taps[r - j]))
     return out
 
 
