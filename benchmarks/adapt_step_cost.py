@@ -4,16 +4,20 @@ BiLaLoRA reports 0.94 h of adaptation against 4.215 h for full fine-tuning (rati
 is ``S`` search steps plus ``F`` LoRA fine-tuning steps; full fine-tuning is ``N`` steps. This
 times, side by side on the same deployed DEA-Net, batch and loss (interleaved rounds, median):
 
-  (a) full FT: Adam on every weight (``train_steps``): 1 forward + 1 backward
-  (b) LoRA FT: rank-8 LoRA at ``top_k`` = 3 kept groups, Adam on A/B only (``finetune_lora``):
+  (a) full FT: Adam on every weight (``training.AdamStepper``): 1 forward + 1 backward
+  (b) LoRA FT: rank-8 LoRA at ``top_k`` = 3 kept groups, Adam on A/B only (``AdamStepper``, frozen base):
       1 forward + 1 backward that stops at the earliest kept site and skips frozen weight gradients
-  (c) bilevel search: ``lower_step`` + ``upper_step``, LoRA + gate at every candidate group:
-      3 forwards (x; x and v again) + 3 backwards (lower; then ``hypergradient`` takes one
-      ``autograd.grad`` per loss over w and a together)
-  (d) naive joint search: ``lower_step`` over LoRA + gates: 1 forward + 1 backward
+  (c) bilevel search step (``search.SearchStepper``), LoRA + gate at every candidate group: f on x
+      and F on v, one ``autograd.grad`` of each over w and a: 2 forwards + 2 backwards; ``d_w f``
+      serves the lower update and the hypergradient
+  (c old) the step before this change, for the side-by-side: a lower step (f on x, backward, Adam),
+      then ``hypergradient`` on f at x and F at v again: 3 forwards + 3 backwards
+  (d) naive joint search (``SearchStepper``, joint): 1 forward + 1 backward
 
-plus, to explain the numbers: (c-) a bilevel warm-up step (``lower_step`` only), (b') LoRA at the three earliest groups
-(backward reaches the input) and (g) the H2C loss alone (guide forward + backward to the image).
+plus, to explain the numbers: (c-) a bilevel warm-up step (lower update only), (b') LoRA at the three
+earliest groups (backward reaches the input) and (g) the H2C loss alone (guide forward + backward to
+the image). Every stepper draws its batch from one fixed batch of images (``x`` for the training
+split, ``v`` for validation) with the same patch sampling as a run.
 
 The loss is the real H2C loss (``H2CLoss``) through a guide: ``--guide tiny`` (default) is the
 embedded guide's architecture (``harness-tiny-clip``, 64 px ViT) with random weights, which costs
@@ -37,21 +41,26 @@ import argparse
 import copy
 import os
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from rich.console import Console
 from rich.table import Table
 
+from harness.adapt.base import AdaptJob
+from harness.adapt.hypergrad import hypergradient
 from harness.adapt.lora import (
     gate_parameters,
     inject_lora,
     lora_parameters,
     select_sites,
 )
-from harness.adapt.methods import lower_step, upper_step
-from harness.adapt.training import finite_or_fail
+from harness.adapt.search import SearchStepper
+from harness.adapt.training import AdamStepper
+from harness.data.patches import sample_patches
 from harness.guide.h2c import H2CLoss
 from harness.guide.model import TINY_MODEL, Guide, load_open_clip
 from harness.models import build_backbone, count_params
@@ -62,12 +71,13 @@ METHODS = {  # key: (label, passes)
     "a": ("(a) full FT, Adam on every weight", "1F+1B"),
     "b": ("(b) LoRA FT, top-3 kept groups", "1F+1B (LoRA grads)"),
     "b'": ("(b') LoRA FT, 3 earliest groups", "1F+1B (LoRA grads)"),
-    "c": ("(c) bilevel search: lower+upper", "3F+3B"),
+    "c": ("(c) bilevel search: lower+upper", "2F+2B"),
+    "c old": ("(c old) bilevel search before", "3F+3B"),
     "c-": ("(c-) bilevel warm-up: lower only", "1F+1B"),
     "d": ("(d) naive joint search", "1F+1B"),
     "g": ("(g) H2C loss alone (guide)", "guide 1F+1B"),
 }
-Step = Callable[[torch.Tensor, torch.Tensor], None]
+Step = Callable[[], None]
 
 
 def build_guide(kind: str) -> tuple[Guide, str]:
@@ -86,32 +96,50 @@ def build_guide(kind: str) -> tuple[Guide, str]:
     raise ValueError(kind)
 
 
-def _adam_step(model: torch.nn.Module, params: list[torch.nn.Parameter], loss_fn, lr: float) -> Step:
-    """The step of ``training.train_steps``: loss, finite check, zero_grad, backward, Adam."""
-    opt = torch.optim.Adam(params, lr=lr)
+def _job(model: torch.nn.Module, loss_fn, x: torch.Tensor, v: torch.Tensor, tmp: Path) -> AdaptJob:
+    """A job whose train/val splits are the images of ``x`` and ``v`` (patches = whole images)."""
+    return AdaptJob(model, list(x), list(v), loss_fn, batch_size=len(x), patch_size=x.shape[-1], workdir=tmp,
+                    device=x.device)
 
-    def step(x: torch.Tensor, v: torch.Tensor) -> None:
+
+def _stepping(stepper) -> Step:
+    rng = torch.Generator().manual_seed(0)
+    counter = iter(range(10**9))
+    return lambda: stepper.step(next(counter), rng)
+
+
+def _old_bilevel_step(job: AdaptJob, w: list, a: list, lr: float, gate_lr: float) -> Step:
+    """The search step before the 2F+2B change: a lower step, then the hypergradient from f and F afresh."""
+    lower_opt, upper_opt = torch.optim.Adam(w, lr=lr), torch.optim.Adam(a, lr=gate_lr)
+    rng = torch.Generator().manual_seed(0)
+    model, loss_fn = job.model, job.loss_fn
+
+    def step() -> None:
+        x = sample_patches(job.train_images, job.batch_size, job.patch_size, rng)[0]
         loss = loss_fn(model(x), x)
-        finite_or_fail(loss, 0, "benchmark")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        loss.item()
+        for p, g in zip(w, torch.autograd.grad(loss, w)):
+            p.grad = g
+        lower_opt.step()
+        v = sample_patches(job.val_images, job.batch_size, job.patch_size, rng)[0]
+        for p, h in zip(a, hypergradient(loss_fn(model(x), x), loss_fn(model(v), v), w, a)):
+            p.grad = h
+        upper_opt.step()
 
     return step
 
 
 def build_steps(base: torch.nn.Module, loss_fn, rank: int, alpha: float, lr: float, gate_lr: float,
-                keep: list[str]) -> tuple[dict[str, Step], dict[str, int]]:
+                keep: list[str], x: torch.Tensor, v: torch.Tensor, tmp: Path) -> tuple[dict[str, Step], dict[str, int]]:
     """One step function per method, each on its own copy of ``base``; and trainable counts."""
     steps: dict[str, Step] = {}
     trainable: dict[str, int] = {}
 
-    full = copy.deepcopy(base).train()
+    full = copy.deepcopy(base)
     params = list(full.parameters())
     for p in params:
         p.requires_grad_(True)
-    steps["a"], trainable["a"] = _adam_step(full, params, loss_fn, lr), sum(p.numel() for p in params)
+    steps["a"] = _stepping(AdamStepper(_job(full, loss_fn, x, v, tmp), params, lr, 10**9, frozen_base=False))
+    trainable["a"] = sum(p.numel() for p in params)
 
     earliest = list(base.lora_sites())[:3]
     for key, groups in (("b", keep), ("b'", earliest)):
@@ -119,38 +147,26 @@ def build_steps(base: torch.nn.Module, loss_fn, rank: int, alpha: float, lr: flo
         inject_lora(model, select_sites(model, groups), rank, alpha)
         for g in gate_parameters(model):  # kept gates are frozen at their searched value
             g.requires_grad_(False)
-        model.train()
         w = lora_parameters(model)
-        steps[key], trainable[key] = _adam_step(model, w, loss_fn, lr), sum(p.numel() for p in w)
+        steps[key] = _stepping(AdamStepper(_job(model, loss_fn, x, v, tmp), w, lr, 10**9, frozen_base=True))
+        trainable[key] = sum(p.numel() for p in w)
 
-    def searched(bilevel: bool):
+    for key, bilevel, warmup in (("c", True, 0), ("c-", True, 10**9), ("d", False, 0)):
         model = copy.deepcopy(base)
         a = list(inject_lora(model, select_sites(model), rank, alpha).values())
         w = lora_parameters(model)
-        for p in w + a:
-            p.requires_grad_(True)
-        model.train()
-        if bilevel:
-            return model, w, a, torch.optim.Adam(w, lr=lr), torch.optim.Adam(a, lr=gate_lr)
-        return model, w, a, torch.optim.Adam([{"params": w, "lr": lr}, {"params": a, "lr": gate_lr}]), None
+        stepper = SearchStepper(_job(model, loss_fn, x, v, tmp), w, a, lr=lr, gate_lr=gate_lr, bilevel=bilevel,
+                                warmup_steps=warmup, steps=10**9)
+        steps[key], trainable[key] = _stepping(stepper), sum(p.numel() for p in w + a)
+    model = copy.deepcopy(base)
+    a = list(inject_lora(model, select_sites(model), rank, alpha).values())
+    w = lora_parameters(model)
+    for p in w + a:
+        p.requires_grad_(True)
+    model.train()
+    steps["c old"], trainable["c old"] = _old_bilevel_step(_job(model, loss_fn, x, v, tmp), w, a, lr, gate_lr), trainable["c"]
 
-    for key in ("c", "c-"):
-        model, w, a, lower_opt, upper_opt = searched(bilevel=True)
-        trainable[key] = sum(p.numel() for p in w + a)
-        if key == "c":
-            def step(x, v, model=model, w=w, a=a, lo=lower_opt, up=upper_opt):
-                lower_step(model, w, lo, x, loss_fn)
-                upper_step(model, w, a, up, x, v, loss_fn)
-        else:
-            def step(x, v, model=model, w=w, lo=lower_opt):
-                lower_step(model, w, lo, x, loss_fn)
-        steps[key] = step
-
-    model, w, a, opt, _ = searched(bilevel=False)
-    trainable["d"] = sum(p.numel() for p in w + a)
-    steps["d"] = lambda x, v, model=model, wa=w + a, opt=opt: lower_step(model, wa, opt, x, loss_fn)
-
-    def guide_only(x: torch.Tensor, v: torch.Tensor) -> None:
+    def guide_only() -> None:
         out = (x * 0.9).requires_grad_(True)
         loss_fn(out, x).backward()
 
@@ -163,18 +179,17 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_steps(steps: dict[str, Step], x: torch.Tensor, v: torch.Tensor, warmup: int, repeats: int,
-               device: torch.device) -> dict[str, float]:
+def time_steps(steps: dict[str, Step], warmup: int, repeats: int, device: torch.device) -> dict[str, float]:
     """Median seconds per step of each method, warm-up first, then interleaved rounds."""
     for step in steps.values():
         for _ in range(warmup):
-            step(x, v)
+            step()
     times: dict[str, list[float]] = {k: [] for k in steps}
     for _ in range(repeats):  # interleaved so load drift on a shared machine hits every method alike
         for key, step in steps.items():
             _sync(device)
             start = time.perf_counter()
-            step(x, v)
+            step()
             _sync(device)
             times[key].append(time.perf_counter() - start)
     return {k: statistics.median(t) for k, t in times.items()}
@@ -221,10 +236,11 @@ def main(argv: list[str] | None = None) -> dict:
         gen = torch.Generator().manual_seed(1)
         x = torch.rand(args.batch, 3, patch, patch, generator=gen).to(device)
         v = torch.rand(args.batch, 3, patch, patch, generator=gen).to(device)
-        steps, trainable = build_steps(base, loss_fn, args.rank, args.alpha, 1e-4, 1e-2, keep)
-        with console.status(f"DEA-Net {variant}, batch {args.batch}, patch {patch}: timing {len(steps)} steps "
-                            f"x {args.repeats} rounds"):
-            t = time_steps(steps, x, v, args.warmup, args.repeats, device)
+        with tempfile.TemporaryDirectory() as tmp:
+            steps, trainable = build_steps(base, loss_fn, args.rank, args.alpha, 1e-4, 1e-2, keep, x, v, Path(tmp))
+            with console.status(f"DEA-Net {variant}, batch {args.batch}, patch {patch}: timing {len(steps)} steps "
+                                f"x {args.repeats} rounds"):
+                t = time_steps(steps, args.warmup, args.repeats, device)
         seconds[variant, patch] = t
         ratios[variant, patch] = {k: s / t["a"] for k, s in t.items()}
         notes.append(f"DEA-Net {variant}: {count_params(base):,} params (deploy form), {len(base.lora_sites())} "

@@ -22,7 +22,7 @@ import torch
 
 from harness.adapt.adapter_io import AdapterSwitch, apply_adapter
 from harness.adapt.lora import inject_lora, lora_parameters, merge_lora, select_sites
-from harness.adapt.methods import save_adapter
+from harness.adapt.adapter_io import save_adapter
 from harness.dehaze import load_checkpoint
 from harness.metrics.efficiency import flops_256
 from harness.models import build_backbone, count_params

@@ -145,26 +145,21 @@ def check_before_work(ctx, todo: list[Task], build_guide: bool = True) -> None:
         for entry in ctx.recipe.benchmarks:
             ctx.dataset(entry.spec())
         ctx.metrics()
-    check_overlap(ctx)
+    check_overlap(ctx, todo)
 
 
-def check_overlap(ctx) -> None:
-    """Stop when a target image also appears in a benchmark (decoded content), unless allowed."""
-    try:
-        from harness.data.overlap import find_overlap
-    except ImportError:  # the content check is added with the data module that provides it
+def check_overlap(ctx, todo: list[Task]) -> None:
+    """Stop when a target image also appears in a benchmark (decoded content), unless the recipe
+    says ``allow_overlap: true`` (then every record says so). Checked when an adaptation is to run."""
+    from harness.data.overlap import find_overlaps, overlap_error
+
+    if ctx.recipe.allow_overlap or not any(t.kind == "adapt" and t.trains for t in todo):
         return
-    if ctx.recipe.allow_overlap:
-        return
+    benchmarks = {b.name: [p.hazy for p in ctx.dataset(b.spec()).pairs] for b in ctx.recipe.benchmarks}
     for target in ctx.recipe.target:
-        for bench in ctx.recipe.benchmarks:
-            hits = find_overlap(ctx.dataset(target.spec()), ctx.dataset(bench.spec()))
-            if hits:
-                a, b = hits[0]
-                raise HarnessError(
-                    f"{len(hits)} target image(s) of {target.name} also appear in benchmark {bench.name} "
-                    f"(e.g. {a} = {b}): adapting on test images inflates the scores",
-                    "use a target set disjoint from the benchmarks, or set allow_overlap: true (it is recorded)")
+        overlaps = find_overlaps([p.hazy for p in ctx.dataset(target.spec()).pairs], benchmarks)
+        if overlaps:
+            raise overlap_error(overlaps, target.name)
 
 
 def run(recipe: Recipe, run_dir: Path, *, launcher: str = "inline", workers: int = 1, nproc_per_node: int = 1,

@@ -6,9 +6,8 @@ import json
 import pytest
 import torch
 
-from harness.adapt.adapter_io import AdapterSwitch, apply_adapter
+from harness.adapt.adapter_io import AdapterSwitch, apply_adapter, save_adapter
 from harness.adapt.lora import inject_lora, lora_modules, select_sites
-from harness.adapt.methods import save_adapter
 from harness.dehaze import load_checkpoint
 from harness.errors import HarnessError
 from harness.models import build_backbone
@@ -23,22 +22,24 @@ def base_checkpoint(tmp_path, seed=0):
     return path
 
 
-def make_adapter(tmp_path, ckpt, group, seed):
+def make_adapter(tmp_path, ckpt, group, seed, layout="conv"):
     model, _ = load_checkpoint(ckpt)
     sites = select_sites(model, [group])
-    inject_lora(model, sites, rank=2, alpha=4, gate_init=0.5)
+    inject_lora(model, sites, rank=2, alpha=4, gate_init=0.5, layout=layout)
     torch.manual_seed(seed)
     for module in lora_modules(model).values():
         torch.nn.init.normal_(module.lora_B.weight, std=0.05)
-    path = save_adapter(model, sites, 2, 4, tmp_path / f"{group}.safetensors")
+    path = save_adapter(model, sites, 2, 4, tmp_path / f"{group}.safetensors", layout)
     meta = json.loads(sidecar(path).read_text())
     sidecar(path).write_text(json.dumps({**meta, "base_sha256": file_sha256(ckpt)}))
     return path, model
 
 
-def test_loaded_adapter_reproduces_the_unmerged_model(tmp_path):
+@pytest.mark.parametrize("layout", ["conv", "loralib"])
+def test_loaded_adapter_reproduces_the_unmerged_model(tmp_path, layout):
     ckpt = base_checkpoint(tmp_path)
-    path, adapted = make_adapter(tmp_path, ckpt, "level3_block1", 1)
+    path, adapted = make_adapter(tmp_path, ckpt, "level3_block1", 1, layout)
+    assert json.loads(sidecar(path).read_text())["layout"] == layout
     x = torch.rand(1, 3, 40, 44)
     with torch.no_grad():
         expected = adapted.eval()(x)

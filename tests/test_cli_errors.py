@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.test_end_to_end import TINY
+from tests.test_run import TINY
 
 
 def run_cli(tmp_path: Path, data: dict) -> subprocess.CompletedProcess:

@@ -101,18 +101,61 @@ def adapt_peak(tmp_path, name, params):
     g = torch.Generator().manual_seed(1)
     imgs = [torch.rand(3, 32, 40, generator=g) for _ in range(2)]
     job = AdaptJob(model, imgs, imgs, lambda out, inp: ((out - 0.5 * inp) ** 2).mean(), 2, 24,
-                   tmp_path / name, seed=0)
-    job.workdir.mkdir(parents=True)
-    with peak_memory("cpu", model=job.model) as mem:
-        METHODS.build(name, **METHODS.validate(name, params)).run(job)
-    return mem["peak_mem_mb"] * MB, nbytes(model)
+                   tmp_path / name, seed=0, measure_memory=True)
+    result = METHODS.build(name, **METHODS.validate(name, params)).run(job)
+    return result.peak_mem_mb, nbytes(model)
 
 
 def test_full_finetuning_needs_more_memory_than_lora(tmp_path):
     none, weights = adapt_peak(tmp_path, "none", {})
     full, _ = adapt_peak(tmp_path, "full_ft", {"steps": 3})
     lora, _ = adapt_peak(tmp_path, "manual_lora", {"sites": ["level3_block1"], "steps": 3})
-    assert none == weights  # no training: just the model
+    assert none is None  # no training loop, nothing probed
+    full, lora = full * MB, lora * MB
     # full fine-tuning holds a gradient and two Adam moments per weight; LoRA only for its few
     assert full > lora + 2 * weights
     assert lora > 2 * weights  # activations kept for backward still cost
+
+
+def test_probed_peak_counts_optimiser_state_held_at_entry():
+    net = nn.Linear(1024, 1024, bias=False)  # 4 MB of weights
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    net(torch.rand(2, 1024)).sum().backward()
+    opt.step()  # two 4 MB moments now exist, and a 4 MB gradient
+    with peak_memory("cpu", model=net, optimisers=[opt]) as mem:
+        pass
+    assert mem["peak_mem_mb"] * MB == pytest.approx(4 * nbytes(net), rel=0.001)
+
+
+def test_record_macs_follow_thop_and_flops_torch_by_hand():
+    """A stride-2 conv then a stride-2 transposed conv at 256x256, counted by hand."""
+    from harness.metrics.efficiency import efficiency_figures
+
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ConvTranspose2d(8, 4, 2, stride=2))
+    conv = 8 * 128 * 128 * 3 * 9  # output values x (in x k^2)
+    transposed_real = 8 * 128 * 128 * 4 * 4  # input values x (out x k^2)
+    transposed_thop = 4 * 256 * 256 * 8 * 4  # thop: output values x (in x k^2)
+    figures = efficiency_figures(net)
+    assert figures["macs_256"] == conv + transposed_thop
+    assert figures["flops_256"] == 2 * (conv + transposed_real)
+    assert figures["params_total"] == sum(p.numel() for p in net.parameters())
+
+
+def test_runtime_is_a_median_after_warmup_not_the_first_pass():
+    import time
+
+    class SlowFirst(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.calls = 0
+
+        def forward(self, x):
+            self.calls += 1
+            time.sleep(0.5 if self.calls == 1 else 0.001)
+            return x
+
+    from harness.metrics.efficiency import runtime_ms
+
+    model = SlowFirst()
+    ms = runtime_ms(model, size=8, min_run_time=0.05)
+    assert model.calls > 10 and ms < 0.1 * 500  # a ratio to the warm-up pass, not an absolute bound

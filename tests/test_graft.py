@@ -8,9 +8,11 @@ from harness.adapt.base import AdaptJob
 from harness.adapt.graft import graft
 from harness.errors import HarnessError
 from harness.models import build_backbone
-from harness.recipe import expand, load_recipe
-from harness.runner import RecipeRunner
-from tests.test_end_to_end import TINY
+from harness import runner
+from harness.plan import build_plan, expand
+from harness.recipe import load_recipe
+from harness.stages import adapt, pretrain
+from tests.test_run import TINY
 
 BLOCKS = ["level3_block1", "down_level1_block2"]
 
@@ -30,11 +32,15 @@ def test_graft_copies_exactly_the_group_parameters(tmp_path):
                    workdir=tmp_path, source_model=source)
     result = graft(site="level3_block1", source={"type": "full_ft"}).run(job)
     moved = {k for k, v in result.model.state_dict().items() if not torch.equal(v, pristine[k])}
-    group = base.lora_sites()["level3_block1"]
-    assert moved == {f"{n}.{p}" for n in group for p in ("weight", "bias") if f"{n}.{p}" in pristine}
+    # the whole block: its two LoRA sites and its attention (item 5: not only conv1/conv2)
+    block = {k for k in pristine if k.startswith("level3_block1.")}
+    assert {k.split(".")[1] for k in block} == {"conv1", "conv2", "sa", "ca", "pa"}  # CGA attention included
+    assert moved == block and any(".conv" not in k for k in moved)
     for key in moved:
         assert torch.equal(result.model.state_dict()[key], source.state_dict()[key])
-    assert result.info["grafted_params"] == sum(pristine[k].numel() for k in moved)
+    params = dict(base.named_parameters())
+    assert result.info["grafted_params"] == sum(params[k].numel() for k in moved if k in params)
+    assert result.info["grafted_modules"] == ["level3_block1"]
     with pytest.raises(HarnessError, match="matches no site group"):
         graft(site="no_such_block", source={"type": "full_ft"}).run(job)
 
@@ -64,21 +70,22 @@ def test_graft_cells_reuse_the_source_adaptation_and_differ_from_base_only_in_th
     full_ft = {"type": "full_ft", "steps": 3}
     recipe = load_recipe(recipe_file(tmp_path, [{"type": "none"}, full_ft,
                                                 {"type": "graft", "source": full_ft, "sweep": {"site": BLOCKS}}]))
-    runner = RecipeRunner(recipe, tmp_path / "run")
-    summary = runner.run()
-    assert len(summary.ran) == 4
+    summary = runner.run(recipe, tmp_path / "run")
+    assert sum(t.startswith("score:") for t in summary.ran) == 4
     # the graft source is the full_ft cell's own adaptation: trained once, not three times
     assert len(list((tmp_path / "run" / "adapted").glob("*/model.safetensors"))) == 4  # none, full_ft, 2 grafts
-    cells = {c.labels["method"]: c for c in expand(recipe)}
-    base = runner.pretrained(cells["none"])
-    tuned, _ = runner.adapted(cells["full_ft"], runner.pretrained(cells["full_ft"]))
+    ctx = runner.context(build_plan(recipe), tmp_path / "run")
+    cells = {c.labels["method"]: c for c in ctx.plan.cells}
+    base = pretrain.load(cells["none"].pretrain_id, cells["none"].backbone, ctx)
+    tuned, _ = adapt.load(cells["full_ft"].adapt_id, cells["full_ft"].backbone, ctx)
     assert len(changed(base, tuned)) > 10
     for block in BLOCKS:
-        grafted, meta = runner.adapted(cells[f"graft[site={block}]"], base)
+        cell = cells[f"graft[site={block}]"]
+        grafted, meta = adapt.load(cell.adapt_id, cell.backbone, ctx)
         diff = changed(base, grafted)
-        members = tuple(f"{name}." for name in base.lora_sites()[block])
-        assert diff and diff == {k for k in changed(base, tuned) if k.startswith(members)}
+        assert diff and diff == {k for k in changed(base, tuned) if k.startswith(f"{block}.")}
+        assert any(".conv" not in k for k in diff)  # the block's attention came along
         assert meta["info"]["grafted_groups"] == [block]
-    grafts = [r for r in runner.store.records() if r["cell"]["method"]["type"] == "graft"]
+    grafts = [r for r in ctx.store.records() if r["cell"]["method"]["type"] == "graft"]
     assert sorted(r["method_info"]["grafted_groups"][0] for r in grafts) == sorted(BLOCKS)
     assert all(r["efficiency"]["params_trainable"] == 0 for r in grafts)

@@ -99,10 +99,12 @@ def test_local_weights_file_loads(tmp_path, guide):
 
 
 def test_embedded_guide_trains_once_then_loads_from_cache(tmp_path):
+    began = time.perf_counter()
     first = build_guide("embedded", steps=3, cache_dir=tmp_path)
+    trained = time.perf_counter() - began
     start = time.perf_counter()
     second = build_guide("embedded", steps=3, cache_dir=tmp_path)
-    assert time.perf_counter() - start < 5
+    assert time.perf_counter() - start < 0.5 * trained  # loaded, not trained again (a ratio: no absolute bound)
     assert first.info["sha256"] == second.info["sha256"] and second.info["type"] == "embedded"
     assert len(list((tmp_path / "guides").glob("*.safetensors"))) == 1
     x = torch.rand(1, 3, 64, 64)

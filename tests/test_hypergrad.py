@@ -10,13 +10,17 @@ d_w F is parallel to g = c delta -- always true for a 1-D w. For a 2-D w we also
 projection of the exact correction onto g (not exact for a generic delta).
 """
 
+import copy
+
 import pytest
 import torch
 from torch import nn
 
+from harness.adapt.base import AdaptJob
 from harness.adapt.hypergrad import hypergradient
 from harness.adapt.lora import gate_parameters, inject_lora, lora_parameters
-from harness.adapt.methods import lower_step, upper_step
+from harness.adapt.search import SearchStepper
+from harness.data.patches import sample_patches
 
 C, LAM = 2.5, 0.3
 
@@ -89,36 +93,84 @@ def loss_fn(out, inp):
     return ((out - 0.5 * inp) ** 2).mean()
 
 
-def setup():
-    torch.manual_seed(0)
+def setup(tmp_path, bilevel=True, warmup=0, seed=0):
+    torch.manual_seed(seed)
     model = Tiny()
     gates = inject_lora(model, {"g1": ["c1"], "g2": ["c2"]}, rank=2, alpha=4)
+    g = torch.Generator().manual_seed(seed)
+    train, val = [torch.rand(3, 12, 12, generator=g) for _ in range(2)], [torch.rand(3, 12, 12, generator=g)]
+    job = AdaptJob(model, train, val, loss_fn, batch_size=2, patch_size=12, workdir=tmp_path)
     w, a = lora_parameters(model), list(gates.values())
+    stepper = SearchStepper(job, w, a, lr=1e-2, gate_lr=1e-2, bilevel=bilevel, warmup_steps=warmup, steps=10)
+    return model, w, a, stepper
+
+
+def test_gate_gradient_exactly_zero_before_warmup_nonzero_after(tmp_path):
+    model, w, a, stepper = setup(tmp_path, warmup=2)
+    rng = torch.Generator().manual_seed(0)
     x, v = torch.rand(2, 3, 12, 12), torch.rand(2, 3, 12, 12)
-    return model, w, a, x, v
-
-
-def test_gate_gradient_exactly_zero_before_warmup_nonzero_after():
-    model, w, a, x, v = setup()
     h = hypergradient(loss_fn(model(x), x), loss_fn(model(v), v), w, a)
     assert all(torch.equal(g, torch.zeros_like(g)) for g in h)  # B = 0: branch output is 0 whatever the gate
-    opt = torch.optim.Adam(w, lr=1e-2)
-    for _ in range(2):  # warm-up: lower steps only
-        lower_step(model, w, opt, x, loss_fn)
+    for step in range(2):  # warm-up: lower steps only
+        stepper.step(step, rng)
     h = hypergradient(loss_fn(model(x), x), loss_fn(model(v), v), w, a)
     assert all(g.abs() > 0 for g in h)
 
 
-def test_lower_step_leaves_gates_and_upper_step_changes_only_gates():
-    model, w, a, x, v = setup()
-    lower_opt, upper_opt = torch.optim.Adam(w, lr=1e-2), torch.optim.Adam(a, lr=1e-2)
-    for _ in range(2):
-        gates0 = [p.detach().clone() for p in a]
-        lower_step(model, w, lower_opt, x, loss_fn)
+def test_warmup_moves_only_lora_and_an_upper_step_moves_gates(tmp_path):
+    model, w, a, stepper = setup(tmp_path, warmup=2)
+    rng = torch.Generator().manual_seed(0)
+    base0 = {k: t.clone() for k, t in model.state_dict().items() if "lora_" not in k and "gate" not in k}
+    for step in range(2):
+        gates0, lora0 = [p.detach().clone() for p in a], [p.detach().clone() for p in w]
+        stepper.step(step, rng)
         assert all(torch.equal(p, q) for p, q in zip(a, gates0))
-    base0 = {k: v_.clone() for k, v_ in model.state_dict().items() if "gate" not in k}
+        assert any(not torch.equal(p, q) for p, q in zip(w, lora0))
     gates0 = [p.detach().clone() for p in a]
-    upper_step(model, w, a, upper_opt, x, v, loss_fn)
-    assert all(torch.equal(t_, model.state_dict()[k]) for k, t_ in base0.items())  # LoRA A/B and base unchanged
+    stepper.step(2, rng)
     assert all(not torch.equal(p, q) for p, q in zip(a, gates0))
-    assert gate_parameters(model) == a
+    assert all(torch.equal(t, model.state_dict()[k]) for k, t in base0.items())  # the base never moves
+    assert gate_parameters(model) == a and stepper.gate_updates.value == 1
+
+
+def test_bilevel_step_is_two_passes_and_equals_the_update_by_hand(tmp_path):
+    """One upper step: 2 forwards and 2 backwards (3 + 3 before), and exactly
+    w <- Adam(d_w f), a <- Adam(hypergradient(f, F)), both taken at the current (w, a)."""
+    model, w, a, stepper = setup(tmp_path)
+    rng = torch.Generator().manual_seed(0)
+    stepper.step(0, rng)  # B is non-zero from here on, so the gates get a gradient
+    ref = copy.deepcopy(stepper)  # model, optimiser and its moments, as one object graph
+    state = rng.get_state()
+    x, _ = sample_patches(stepper.job.train_images, 2, 12, rng)
+    v, _ = sample_patches(stepper.job.val_images, 2, 12, rng)
+    rng.set_state(state)
+
+    passes = {"forward": 0, "backward": 0}
+
+    def count(module, inputs, output):
+        passes["forward"] += 1
+        output.register_hook(lambda grad: passes.update(backward=passes["backward"] + 1))
+
+    handle = model.register_forward_hook(count)
+    stepper.step(1, rng)
+    handle.remove()
+    assert passes == {"forward": 2, "backward": 2}
+
+    f, F = loss_fn(ref.trained.model(x), x), loss_fn(ref.trained.model(v), v)
+    gw_f = torch.autograd.grad(f, ref.w, retain_graph=True)
+    h = hypergradient(f, F, ref.w, ref.a)
+    for p, g in zip(ref.w + ref.a, list(gw_f) + h):
+        p.grad = g
+    ref.trained.optimiser.step()
+    for p, q in zip(w + a, ref.w + ref.a):
+        assert torch.allclose(p, q, atol=1e-7, rtol=0)
+    assert stepper.gate_updates.value == 2  # no warm-up: step 0 made one too (a zero hypergradient at B = 0)
+
+
+def test_joint_search_updates_gates_with_the_lower_gradient_every_step(tmp_path):
+    model, w, a, stepper = setup(tmp_path, bilevel=False)
+    rng = torch.Generator().manual_seed(0)
+    for step in range(2):
+        gates0 = [p.detach().clone() for p in a]
+        stepper.step(step, rng)
+    assert all(not torch.equal(p, q) for p, q in zip(a, gates0)) and stepper.gate_updates.value == 2

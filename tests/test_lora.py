@@ -159,3 +159,56 @@ def test_unknown_site_pattern_lists_groups():
     model = build_backbone("dea_net", "tiny").deploy()
     with pytest.raises(HarnessError, match="level3_block1"):
         select_sites(model, ["nope*"])
+
+
+LORALIB_CASES = {k: CASES[k] for k in ("conv", "linear", "grouped", "depthwise", "grouped_strided_dilated_reflect")}
+
+
+@pytest.mark.parametrize("make,shape", LORALIB_CASES.values(), ids=LORALIB_CASES.keys())
+def test_loralib_layout_is_the_conv_with_the_reshaped_update_and_merges_losslessly(make, shape):
+    """The loralib ConvLoRA layout, by hand: A (r k, in k), B (out/groups k, r k), and the output
+    conv(x, W + sigmoid(g) (alpha / r) (B @ A).view(W.shape)) with the base's geometry."""
+    torch.manual_seed(3)
+    base = make()
+    m = GatedLoRA(base, nn.Parameter(torch.tensor(0.3)), rank=3, alpha=6, layout="loralib")
+    nn.init.normal_(m.lora_B.weight, std=0.3)
+    x = torch.randn(shape)
+    with torch.no_grad():
+        w = base.weight
+        if isinstance(base, nn.Conv2d):
+            k = base.kernel_size[0]
+            assert m.lora_A.weight.shape == (3 * k, base.in_channels * k)
+            assert m.lora_B.weight.shape == (base.out_channels // base.groups * k, 3 * k)
+            update = (m.lora_B.weight @ m.lora_A.weight).view(w.shape)
+            expected = base._conv_forward(x, w + torch.sigmoid(torch.tensor(0.3)) * 2 * update, base.bias)
+        else:
+            update = m.lora_B.weight @ m.lora_A.weight
+            expected = nn.functional.linear(x, w + torch.sigmoid(torch.tensor(0.3)) * 2 * update, base.bias)
+        assert (m(x) - expected).abs().max() < 1e-5
+        m.merge()
+        assert (m(x) - expected).abs().max() < 1e-5
+
+
+def test_loralib_layout_refuses_transposed_convs():
+    with pytest.raises(HarnessError, match="loralib LoRA layout has no ConvTranspose2d"):
+        GatedLoRA(nn.ConvTranspose2d(4, 4, 3), nn.Parameter(torch.tensor(0.0)), 2, 4, layout="loralib")
+
+
+def test_table1_parameter_row_with_the_loralib_layout(tmp_path):
+    """BiLaLoRA Table 1 (DEA-Net, top-3 blocks, rank 8): 3.653 M merged, 3.764 M unmerged; the
+    overhead 110,592 = 3 blocks x 2 convs x 8 x 3^2 x (128 + 128). Our own layout adds 61,440."""
+    from harness.adapt.base import AdaptJob
+    from harness.adapt.methods import manual_lora
+
+    blocks = ["level3_block1", "level3_block2", "level3_block3"]
+    counts = {}
+    for layout in ("loralib", "conv"):
+        model = build_backbone("dea_net", "full").deploy()
+        job = AdaptJob(model, [], [], lambda out, inp: out.mean(), 1, 16, tmp_path / layout)
+        result = manual_lora(sites=blocks, rank=8, alpha=16, steps=0, layout=layout).run(job)
+        counts[layout] = (count_params(result.model), result.params_unmerged, result.params_trainable)
+    merged, unmerged, trainable = counts["loralib"]
+    assert merged == 3_653_377 and trainable == 110_592
+    assert unmerged == merged + trainable + 3  # and one gate per block
+    assert round(merged / 1e6, 3) == 3.653 and round(unmerged / 1e6, 3) == 3.764
+    assert counts["conv"][2] == 61_440 and counts["conv"][0] == merged

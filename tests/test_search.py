@@ -9,6 +9,8 @@ from harness.adapt.hypergrad import hypergradient
 from harness.adapt.methods import bilalora, naive_joint
 from harness.models import build_backbone, count_params
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 D = torch.float64  # the closed-form checks are to 1e-9
 C, LAM = 2.5, 0.3
 M = torch.tensor([0.7, -1.2, 0.4], dtype=D)
@@ -75,3 +77,51 @@ def test_warmup_longer_than_search_leaves_gates_at_their_start(job):
     assert all(v == pytest.approx(0.5) for v in result.info["gates"].values())
 
 
+
+
+DDP_SEARCH = """
+import sys
+import torch
+from harness.adapt.base import AdaptJob
+from harness.adapt.lora import inject_lora, lora_parameters
+from harness.adapt.search import SearchStepper
+from harness.engine.strategy import DataParallel, Strategy
+from tests.test_hypergrad import Tiny, loss_fn
+
+out, distributed = sys.argv[1], sys.argv[2] == "ddp"
+torch.manual_seed(0)
+model = Tiny()
+gates = inject_lora(model, {"g1": ["c1"], "g2": ["c2"]}, rank=2, alpha=4)
+g = torch.Generator().manual_seed(0)
+images = [torch.rand(3, 12, 12, generator=g) for _ in range(4)]
+strategy = DataParallel("cpu") if distributed else Strategy("cpu")
+job = AdaptJob(model, images[:2], images[2:], loss_fn, batch_size=4, patch_size=12, workdir=None, strategy=strategy)
+stepper = SearchStepper(job, lora_parameters(model), list(gates.values()), lr=1e-2, gate_lr=5e-2, bilevel=True,
+                        warmup_steps=1, steps=4)
+rng = torch.Generator().manual_seed(1)
+for step in range(4):
+    stepper.step(step, rng)
+if strategy.rank == 0:
+    torch.save({k: v for k, v in model.state_dict().items() if "lora_" in k or "gate" in k}, out)
+"""
+
+
+@pytest.mark.slow
+def test_two_rank_search_equals_one_process_on_the_global_batch(tmp_path, monkeypatch):
+    """Gradients from autograd.grad are averaged over ranks before the hypergradient's dot products."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.test_distributed_eval import _torchrun
+
+    root = str(Path(__file__).resolve().parents[1])
+    monkeypatch.setenv("PYTHONPATH", root)
+    script = tmp_path / "search.py"
+    script.write_text(DDP_SEARCH)
+    subprocess.run([sys.executable, str(script), str(tmp_path / "one.pt"), "single"], check=True, cwd=root)
+    _torchrun(str(script), str(tmp_path / "two.pt"), "ddp")
+    one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
+    assert one.keys() == two.keys() and any("gate" in k for k in one)
+    for k in one:
+        assert torch.allclose(one[k], two[k], atol=1e-6), k

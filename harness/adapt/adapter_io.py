@@ -1,21 +1,42 @@
-"""Adapters as files: load one onto a base model (refusing a mismatched base) and switch cheaply.
+"""Adapters as files: save one, load one onto a base model (refusing a mismatched base), switch cheaply.
 
 An adapter is ``adapter.safetensors`` (``<module>.lora_A``, ``<module>.lora_B``, ``gate.<group>``)
-with a JSON sidecar (sites, rank, alpha, gates, backbone, the base checkpoint's sha256, guide).
+with a JSON sidecar (sites, rank, alpha, layout, gates, backbone, the base checkpoint's sha256,
+guide). A sidecar without ``layout`` was written before layouts existed: ``conv``.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 
-from harness.adapt.lora import inject_lora, lora_modules, merge_lora
+from harness.adapt.lora import Layout, inject_lora, lora_modules, merge_lora
 from harness.errors import HarnessError
-from harness.store import file_sha256, sidecar
+from harness.store import atomic_write_json, file_sha256, sidecar
+
+
+def save_adapter(model: nn.Module, sites: dict[str, list[str]], rank: int, alpha: float, path: Path,
+                 layout: Layout = "conv", extra: dict[str, Any] | None = None) -> Path:
+    """LoRA weights and gates of ``model`` as safetensors, with a JSON sidecar describing them (+ ``extra``)."""
+    tensors, gates = {}, {}
+    branches = lora_modules(model)
+    for name, module in branches.items():
+        tensors[f"{name}.lora_A"] = module.lora_A.weight.detach().cpu().contiguous()
+        tensors[f"{name}.lora_B"] = module.lora_B.weight.detach().cpu().contiguous()
+    for group, names in sites.items():
+        gate = branches[names[0]].gate
+        tensors[f"gate.{group}"] = gate.detach().cpu().reshape(1).contiguous()
+        gates[group] = torch.sigmoid(gate).item()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path))
+    atomic_write_json(sidecar(path), {**(extra or {}), "sites": sites, "rank": rank, "alpha": alpha,
+                                      "layout": layout, "gates": gates})
+    return path
 
 
 def read_adapter(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
@@ -24,6 +45,18 @@ def read_adapter(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
         raise HarnessError(f"adapter {path} (or its {sidecar(path).name}) not found",
                            "pass an adapter.safetensors written by `harness run` (RUN_DIR/adapted/<id>/)")
     return json.loads(sidecar(path).read_text()), load_file(str(path))
+
+
+@torch.no_grad()
+def load_branches(model: nn.Module, meta: dict, tensors: dict[str, torch.Tensor]) -> dict[str, nn.Parameter]:
+    """Inject the adapter's branches into ``model`` with its weights and gates (unmerged); the gates."""
+    gates = inject_lora(model, meta["sites"], meta["rank"], meta["alpha"], layout=meta.get("layout", "conv"))
+    for name, module in lora_modules(model).items():
+        module.lora_A.weight.copy_(tensors[f"{name}.lora_A"])
+        module.lora_B.weight.copy_(tensors[f"{name}.lora_B"])
+    for group, gate in gates.items():
+        gate.copy_(tensors[f"gate.{group}"].reshape(()))
+    return gates
 
 
 @torch.no_grad()
@@ -39,12 +72,7 @@ def apply_adapter(model: nn.Module, path: Path, base_checkpoint: Path | None = N
     if base_sha256 is not None and meta.get("base_sha256") and base_sha256 != meta["base_sha256"]:
         raise HarnessError(f"adapter {path} was trained on another base checkpoint than {base_checkpoint or 'this one'}",
                            "pass the --checkpoint the adapter was trained from (its sha256 is in the adapter's .json)")
-    inject_lora(model, meta["sites"], meta["rank"], meta["alpha"])
-    for name, module in lora_modules(model).items():
-        module.lora_A.weight.copy_(tensors[f"{name}.lora_A"])
-        module.lora_B.weight.copy_(tensors[f"{name}.lora_B"])
-    for group, names in meta["sites"].items():
-        lora_modules(model)[names[0]].gate.copy_(tensors[f"gate.{group}"].reshape(()))
+    load_branches(model, meta, tensors)
     return merge_lora(model).eval()
 
 

@@ -3,6 +3,8 @@
 A method is registered in ``METHODS`` as ``builder(**recipe_params) -> AdaptMethod``. The runner
 hands it an :class:`AdaptJob` (pretrained model, unlabeled target images split into train/val,
 the H2C loss, budgets, a folder for resumable state) and gets back an :class:`AdaptResult`.
+Every training loop of a method runs on the engine (``harness.engine.loop.TrainLoop``): it
+checkpoints, survives SIGTERM, and returns its curve, its step time and (when asked) its peak memory.
 """
 
 from __future__ import annotations
@@ -33,6 +35,11 @@ class AdaptJob:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     progress: ProgressFn | None = None
     source_model: nn.Module | None = None  # the ``source`` method's adapted model, for analyses like graft
+    strategy: Any = None  # a harness.engine.strategy.Strategy; None: the current one (or one on ``device``)
+    checkpoint_every: int = 25  # steps between saved loop states
+    log_every: int = 10  # steps between curve points
+    val_loss: bool = False  # curve points also carry the loss on a fixed validation batch
+    measure_memory: bool = False  # peak tensor memory of the loops (on probed steps, outside train time)
 
 
 @dataclass
@@ -41,6 +48,10 @@ class AdaptResult:
     params_trainable: int
     artifacts: dict[str, Path] = field(default_factory=dict)  # e.g. {"adapter": ..., "weights": ...}
     info: dict[str, Any] = field(default_factory=dict)  # JSON-able: chosen sites, gate values, ...
+    params_unmerged: int | None = None  # base + adapter branches before merging (None: nothing to merge)
+    train_seconds: float = 0.0  # wall time of the training steps, all loops, all process lives
+    peak_mem_mb: float | None = None  # peak over the loops' probed steps (``measure_memory``)
+    curves: dict[str, list[dict[str, float]]] = field(default_factory=dict)  # loop name -> curve points
 
 
 class AdaptMethod(Protocol):

@@ -21,7 +21,8 @@ at a point w != w* (at w* itself g = 0, the correction vanishes and ``eps`` keep
 
 The minus sign comes straight from the theorem (the authors' code flips it and multiplies the
 term by the learning rate). Every gradient is taken with ``torch.autograd.grad`` so nothing stale
-in ``.grad`` leaks in. With B = 0 at the start, ``d_a f = d_a F = 0`` exactly (the branch output
+in ``.grad`` leaks in (under several ranks the caller averages them first, so the dot product is
+over the global batch). With B = 0 at the start, ``d_a f = d_a F = 0`` exactly (the branch output
 is zero whatever the gate), so callers warm the LoRA weights up before the first gate update.
 """
 
@@ -30,19 +31,26 @@ from __future__ import annotations
 import torch
 
 
-def _grads(loss: torch.Tensor, params: list[torch.Tensor]) -> list[torch.Tensor]:
-    grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+def _grads(loss: torch.Tensor, params: list[torch.Tensor], retain_graph: bool = False) -> list[torch.Tensor]:
+    grads = torch.autograd.grad(loss, params, retain_graph=retain_graph, allow_unused=True)
     return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+
+
+def hypergradient_from(gw_f: list[torch.Tensor], ga_f: list[torch.Tensor], gw_F: list[torch.Tensor],
+                       ga_F: list[torch.Tensor], eps: float = 1e-12) -> list[torch.Tensor]:
+    """``d_a F - (<d_w F, d_w f> / |d_w f|^2) d_a f`` from the four gradient lists.
+
+    The search step takes ``d f/d(w, a)`` once and uses ``d_w f`` for the lower update as well.
+    """
+    dot = sum((x * y).sum() for x, y in zip(gw_F, gw_f))
+    norm2 = sum((x * x).sum() for x in gw_f)
+    coef = dot / (norm2 + eps)
+    return [gF - coef * gf for gF, gf in zip(ga_F, ga_f)]
 
 
 def hypergradient(lower_loss: torch.Tensor, upper_loss: torch.Tensor, w: list[torch.Tensor],
                   a: list[torch.Tensor], eps: float = 1e-12) -> list[torch.Tensor]:
     """``d_a F - (<d_w F, d_w f> / |d_w f|^2) d_a f`` for the lower loss f and upper loss F."""
-    # one backward pass per loss, over w and a together (half the passes of one call per block)
-    n = len(w)
-    grads_f, grads_F = _grads(lower_loss, w + a), _grads(upper_loss, w + a)
-    gw_f, ga_f, gw_F, ga_F = grads_f[:n], grads_f[n:], grads_F[:n], grads_F[n:]
-    dot = sum((x * y).sum() for x, y in zip(gw_F, gw_f))
-    norm2 = sum((x * x).sum() for x in gw_f)
-    coef = dot / (norm2 + eps)
-    return [gF - coef * gf for gF, gf in zip(ga_F, ga_f)]
+    n = len(w)  # one backward pass per loss, over w and a together
+    grads_f, grads_F = _grads(lower_loss, w + a, retain_graph=True), _grads(upper_loss, w + a, retain_graph=True)
+    return hypergradient_from(grads_f[:n], grads_f[n:], grads_F[:n], grads_F[n:], eps)

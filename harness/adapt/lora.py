@@ -2,32 +2,60 @@
 
 Why our own rather than peft: peft's scaling is a plain float (we need a learnable gate shared by
 a group of layers), its conv branch ignores dilation and padding mode (DEA-Net uses reflect
-padding), and it drags in transformers. ``A`` copies the base conv's geometry (kernel, stride,
-padding, output padding, dilation, padding mode, groups) into ``rank`` channels per group and
-``B`` is a 1x1 conv with the same groups, initialised to zero, so per group the branch is a
-rank-``rank`` factorisation that composes exactly into one weight of the base's shape: merging
-is lossless.
+padding), and it drags in transformers.
+
+Two layouts of a conv branch (``layout=``):
+
+- ``"conv"`` (default): ``A`` copies the base conv's geometry (kernel, stride, padding, output
+  padding, dilation, padding mode, groups) into ``rank`` channels per group and ``B`` is a 1x1
+  conv with the same groups, initialised to zero, so per group the branch is a rank-``rank``
+  factorisation of the conv: ``r (in k^2 + out)`` weights for a ``k x k`` conv.
+- ``"loralib"``: Microsoft loralib's ``ConvLoRA`` layout, which the BiLaLoRA authors' code uses and
+  the paper's Table 1 counts: ``A`` is ``(r k) x (in k)``, ``B`` is ``(out/groups k) x (r k)``, and
+  ``B @ A`` reshaped to the base weight's shape is the weight update (rank ``r k`` of that
+  reshaped matrix): ``r k^2 (in + out/groups)`` weights. Its branch is one conv with that
+  update as weight and the base's geometry. Conv2d with square kernels and Linear only.
+
+Either way the branch composes exactly into one weight of the base's shape: merging is lossless.
 """
 
 from __future__ import annotations
 
 import math
 from fnmatch import fnmatch
+from typing import Literal
 
 import torch
 from torch import nn
 
 from harness.errors import HarnessError
 
+Layout = Literal["conv", "loralib"]
+LAYOUTS = ("conv", "loralib")
+
 
 class GatedLoRA(nn.Module):
     """A frozen base layer plus a gated low-rank branch (``lora_A`` then ``lora_B``)."""
 
-    def __init__(self, base: nn.Module, gate: nn.Parameter, rank: int, alpha: float):
+    def __init__(self, base: nn.Module, gate: nn.Parameter, rank: int, alpha: float, layout: Layout = "conv"):
         super().__init__()
+        if layout not in LAYOUTS:
+            raise HarnessError(f"unknown LoRA layout {layout!r}", f"use one of: {', '.join(LAYOUTS)}")
         self.groups = getattr(base, "groups", 1)
         self.transposed = isinstance(base, nn.ConvTranspose2d)
-        if isinstance(base, (nn.Conv2d, nn.ConvTranspose2d)):
+        # the loralib layout of a conv: weight-space factors, held as bias-free Linear weights
+        self.weight_space = layout == "loralib" and isinstance(base, nn.Conv2d)
+        if self.weight_space:
+            k = base.kernel_size[0]
+            if base.kernel_size[0] != base.kernel_size[1]:
+                raise HarnessError(f"the loralib LoRA layout needs a square kernel, not {base.kernel_size}",
+                                   "use layout: conv for this site")
+            self.lora_A = nn.Linear(base.in_channels * k, rank * k, bias=False)  # weight (r k, in k)
+            self.lora_B = nn.Linear(rank * k, base.out_channels // self.groups * k, bias=False)
+        elif isinstance(base, (nn.Conv2d, nn.ConvTranspose2d)):
+            if layout == "loralib":
+                raise HarnessError(f"the loralib LoRA layout has no {type(base).__name__} branch",
+                                   "use layout: conv, or leave transposed convs out of the sites")
             geometry = {"kernel_size": base.kernel_size, "stride": base.stride, "padding": base.padding,
                         "dilation": base.dilation, "groups": self.groups, "bias": False,
                         "padding_mode": base.padding_mode}
@@ -37,7 +65,7 @@ class GatedLoRA(nn.Module):
             else:
                 self.lora_A = nn.Conv2d(base.in_channels, rank * self.groups, **geometry)
             self.lora_B = nn.Conv2d(rank * self.groups, base.out_channels, 1, groups=self.groups, bias=False)
-        elif isinstance(base, nn.Linear):
+        elif isinstance(base, nn.Linear):  # both layouts agree on a linear layer
             self.lora_A = nn.Linear(base.in_features, rank, bias=False)
             self.lora_B = nn.Linear(rank, base.out_features, bias=False)
         else:
@@ -49,6 +77,7 @@ class GatedLoRA(nn.Module):
         self.lora_B.to(base.weight)
         self.base = base
         self.gate = gate
+        self.layout = layout
         self.scale = alpha / rank
         self.enabled = True
         self.merged = False
@@ -63,15 +92,22 @@ class GatedLoRA(nn.Module):
         """``kwargs`` (a transposed conv's ``output_size``) go to both the base and ``lora_A``."""
         y = self.base(x, **kwargs)
         if self.enabled and not self.merged:
-            y = y + torch.sigmoid(self.gate) * self.scale * self.lora_B(self.lora_A(x, **kwargs))
+            if self.weight_space:
+                y = y + self.base._conv_forward(x, self.delta_weight(), None)
+            else:
+                y = y + torch.sigmoid(self.gate) * self.scale * self.lora_B(self.lora_A(x, **kwargs))
         return y
 
     def delta_weight(self) -> torch.Tensor:
         """The branch as one weight of the base's shape (including the gate and scale).
 
         Per group g: ``delta_g = B_g @ A_g`` over the rank, laid out as the base weight: (out, in/groups, ...)
-        for Conv2d/Linear, (in, out/groups, kh, kw) for ConvTranspose2d.
+        for Conv2d/Linear, (in, out/groups, kh, kw) for ConvTranspose2d. loralib layout: ``B @ A``
+        reshaped to the base weight's shape.
         """
+        if self.weight_space:
+            delta = (self.lora_B.weight @ self.lora_A.weight).view(self.base.weight.shape)
+            return torch.sigmoid(self.gate) * self.scale * delta
         b = self.lora_B.weight.flatten(1).unflatten(0, (self.groups, -1))  # (groups, out/groups, r)
         a = self.lora_A.weight.unflatten(0, (self.groups, -1))
         if self.transposed:  # a: (groups, in/groups, r, kh, kw)
@@ -118,7 +154,7 @@ def select_sites(model: nn.Module, patterns: list[str] | None = None) -> dict[st
 
 
 def inject_lora(model: nn.Module, sites: dict[str, list[str]], rank: int, alpha: float,
-                gate_init: float = 0.0) -> dict[str, nn.Parameter]:
+                gate_init: float = 0.0, layout: Layout = "conv") -> dict[str, nn.Parameter]:
     """Wrap every named module in a GatedLoRA (one gate per group); freeze the base. Returns the gates."""
     for p in model.parameters():
         p.requires_grad_(False)
@@ -131,7 +167,7 @@ def inject_lora(model: nn.Module, sites: dict[str, list[str]], rank: int, alpha:
             base = getattr(parent, attr)
             if isinstance(base, GatedLoRA):
                 raise HarnessError(f"{name} already carries a LoRA branch", "name each module in one site group only")
-            setattr(parent, attr, GatedLoRA(base, gate, rank, alpha))
+            setattr(parent, attr, GatedLoRA(base, gate, rank, alpha, layout))
         gates[group] = gate
     return gates
 

@@ -1,40 +1,38 @@
 """Adaptation methods: ``none``, ``full_ft``, ``manual_lora``, ``bilalora`` and ``naive_joint``.
 
-BiLaLoRA searches where LoRA should go: every candidate site group gets a gate; LoRA weights
-follow the H2C loss on the training split (lower level) while the gates follow the first-order
-hypergradient of the H2C loss on the validation split (upper level; gates are only in the upper
-optimiser). The ``top_k`` groups with the largest gates get fresh LoRA branches (B = 0) whose
-gates are frozen at the searched value; all other branches are dropped; the kept ones are
-fine-tuned on the training split and merged, so inference costs exactly what the base model costs.
+BiLaLoRA searches where LoRA should go (``harness.adapt.search``): every candidate site group gets
+a gate; LoRA weights follow the H2C loss on the training split (lower level) while the gates follow
+the first-order hypergradient of the H2C loss on the validation split (upper level; gates are only
+ever updated with it). The ``top_k`` groups with the largest gates keep their searched branches
+(Algorithm 1 continues them; ``fresh_finetune: true`` restarts them at B = 0 instead), their gates
+frozen at the searched value; all other branches are dropped; the kept ones are fine-tuned on the
+training split and merged, so inference costs exactly what the base model costs.
 ``naive_joint`` is the single-level ablation: gates and LoRA trained together on the training split.
+Every training loop runs on the engine (``harness.adapt.training.run_loop``).
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
-from harness.adapt import training
+from harness.adapt.adapter_io import save_adapter
 from harness.adapt.base import AdaptJob, AdaptResult
-from harness.adapt.hypergrad import hypergradient
 from harness.adapt.lora import (
+    Layout,
     gate_parameters,
     inject_lora,
-    lora_modules,
     lora_parameters,
     merge_lora,
     remove_lora,
     select_sites,
 )
-from harness.adapt.training import finite_or_fail, train_steps
-from harness.data.patches import sample_patches
+from harness.adapt.search import search_gates
+from harness.adapt.training import AdamStepper, LoopTotals, run_loop
 from harness.errors import HarnessError
+from harness.models.base import count_params
 from harness.registry import METHODS
-from harness.store import atomic_write_json
 
 
 @dataclass
@@ -43,7 +41,7 @@ class NoAdaptation:
     needs_loss: bool = False
 
     def run(self, job: AdaptJob) -> AdaptResult:
-        return AdaptResult(model=job.model.eval(), params_trainable=0)
+        return AdaptResult(model=job.model.eval(), params_trainable=0, params_unmerged=count_params(job.model))
 
 
 @dataclass
@@ -55,48 +53,32 @@ class FullFineTune:
 
     def run(self, job: AdaptJob) -> AdaptResult:
         model = job.model
-        params = [p for p in model.parameters()]
+        params = list(model.parameters())
         for p in params:
             p.requires_grad_(True)
-        train_steps(model, params, job.train_images, job.loss_fn, self.steps, self.lr, job.batch_size,
-                    job.patch_size, job.seed, job.workdir / "finetune.pt", job.progress,
-                    checkpoint_every=training.CHECKPOINT_EVERY, device=job.device)
-        return AdaptResult(model=model.eval(), params_trainable=sum(p.numel() for p in params))
+        totals = LoopTotals()
+        stepper = AdamStepper(job, params, self.lr, self.steps, frozen_base=False)
+        totals.add("full_ft", run_loop(job, "full_ft", stepper, self.steps))
+        n = sum(p.numel() for p in params)
+        return totals.fill(AdaptResult(model=model.eval(), params_trainable=n, params_unmerged=n))
 
 
-def save_adapter(model: torch.nn.Module, sites: dict[str, list[str]], rank: int, alpha: float, path: Path) -> Path:
-    """LoRA weights and gates of ``model`` as safetensors, with a JSON sidecar describing them."""
-    tensors, gates = {}, {}
-    for name, module in lora_modules(model).items():
-        tensors[f"{name}.lora_A"] = module.lora_A.weight.detach().cpu().contiguous()
-        tensors[f"{name}.lora_B"] = module.lora_B.weight.detach().cpu().contiguous()
-    for group, names in sites.items():
-        gate = lora_modules(model)[names[0]].gate
-        tensors[f"gate.{group}"] = gate.detach().cpu().reshape(1).contiguous()
-        gates[group] = torch.sigmoid(gate).item()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path))
-    atomic_write_json(path.with_name(path.name + ".json"), {"sites": sites, "rank": rank, "alpha": alpha,
-                                                             "gates": gates})
-    return path
-
-
-def finetune_lora(job: AdaptJob, sites: dict[str, list[str]], rank: int, alpha: float, steps: int, lr: float,
-                  info: dict) -> AdaptResult:
-    """Fine-tune the LoRA branches at ``sites`` (already injected), save the adapter, merge."""
+def finetune_lora(job: AdaptJob, sites: dict[str, list[str]], rank: int, alpha: float, layout: Layout,
+                  steps: int, lr: float, info: dict, totals: LoopTotals, offset: int = 0,
+                  total: int | None = None) -> AdaptResult:
+    """Fine-tune the LoRA branches at ``sites`` (already injected; gates frozen), save the adapter, merge."""
     model = job.model
     for gate in gate_parameters(model):
         gate.requires_grad_(False)
     params = lora_parameters(model)
-    train_steps(model, params, job.train_images, job.loss_fn, steps, lr, job.batch_size, job.patch_size,
-                job.seed, job.workdir / "finetune.pt", job.progress, checkpoint_every=training.CHECKPOINT_EVERY,
-                device=job.device)
-    adapter = save_adapter(model, sites, rank, alpha, job.workdir.parent / "adapter.safetensors")
-    trainable = sum(p.numel() for p in params)
-    info = {**info, "selected": list(sites), "gates_kept": json.loads(adapter.with_name(adapter.name + ".json")
-                                                                       .read_text())["gates"]}
-    return AdaptResult(model=merge_lora(model).eval(), params_trainable=trainable,
-                       artifacts={"adapter": adapter}, info=info)
+    stepper = AdamStepper(job, params, lr, steps, frozen_base=True)
+    totals.add("finetune", run_loop(job, "finetune", stepper, steps, offset, total))
+    adapter = save_adapter(model, sites, rank, alpha, job.workdir.parent / "adapter.safetensors", layout)
+    branches = {g: model.get_submodule(names[0]).gate for g, names in sites.items()}
+    info = {**info, "selected": list(sites), "gates_kept": {g: torch.sigmoid(p).item() for g, p in branches.items()}}
+    unmerged = count_params(model)
+    return totals.fill(AdaptResult(model=merge_lora(model).eval(), params_trainable=sum(p.numel() for p in params),
+                                   artifacts={"adapter": adapter}, info=info, params_unmerged=unmerged))
 
 
 @dataclass
@@ -106,14 +88,15 @@ class ManualLoRA:
     alpha: float
     steps: int
     lr: float
+    layout: Layout = "conv"
     name: str = "manual_lora"
     needs_loss: bool = True
 
     def run(self, job: AdaptJob) -> AdaptResult:
         sites = select_sites(job.model, self.sites)
         # a manual site is always on: gate frozen at +6 (sigmoid = 0.9975), never learned
-        inject_lora(job.model, sites, self.rank, self.alpha, gate_init=6.0)
-        return finetune_lora(job, sites, self.rank, self.alpha, self.steps, self.lr, {})
+        inject_lora(job.model, sites, self.rank, self.alpha, gate_init=6.0, layout=self.layout)
+        return finetune_lora(job, sites, self.rank, self.alpha, self.layout, self.steps, self.lr, {}, LoopTotals())
 
 
 @dataclass
@@ -132,103 +115,38 @@ class LayerSearch:
     bilevel: bool
     name: str = "bilalora"
     needs_loss: bool = True
-
-    def search(self, job: AdaptJob, candidates: dict[str, list[str]]) -> dict[str, float]:
-        """Stage 1: LoRA + a gate at every candidate group; returns sigmoid(gate) per group.
-
-        Bilevel: each step is one lower step (Adam over LoRA A/B only, train batch) then, after
-        ``warmup_steps``, one upper step (Adam over the gates only, hypergradient on a val batch).
-        The warm-up exists because B = 0 at the start makes every gate gradient exactly zero.
-        Joint (the ablation): one Adam over A/B and gates on the train batch, single level.
-        The search result is saved as ``gates.json`` in the workdir; a rerun reuses it.
-        """
-        cached = job.workdir / "gates.json"
-        if cached.is_file():
-            gates = json.loads(cached.read_text())
-            if set(gates) == set(candidates):
-                return gates
-        model = job.model
-        gates = inject_lora(model, candidates, self.rank, self.alpha)
-        w, a = lora_parameters(model), list(gates.values())
-        for p in w + a:
-            p.requires_grad_(True)
-        if self.bilevel:  # gates are ONLY in the upper optimiser
-            lower_opt = torch.optim.Adam(w, lr=self.lr)
-        else:  # one optimiser, two lrs: LoRA at lr, gates at gate_lr
-            lower_opt = torch.optim.Adam([{"params": w, "lr": self.lr}, {"params": a, "lr": self.gate_lr}])
-        upper_opt = torch.optim.Adam(a, lr=self.gate_lr)
-        generator = torch.Generator().manual_seed(job.seed)
-        total = self.search_steps + self.finetune_steps
-        model.train()
-        for step in range(self.search_steps):
-            x, _ = sample_patches(job.train_images, job.batch_size, job.patch_size, generator)
-            x = x.to(job.device)
-            if self.bilevel:
-                loss = lower_step(model, w, lower_opt, x, job.loss_fn, step)
-                if step >= self.warmup_steps:
-                    v, _ = sample_patches(job.val_images, job.batch_size, job.patch_size, generator)
-                    upper_step(model, w, a, upper_opt, x, v.to(job.device), job.loss_fn, step)
-            else:
-                loss = lower_step(model, w + a, lower_opt, x, job.loss_fn, step)
-            if job.progress is not None:
-                job.progress(step + 1, total, {"search": loss})
-        values = {g: torch.sigmoid(p).item() for g, p in gates.items()}
-        remove_lora(model, merge=False)  # back to the plain base model
-        atomic_write_json(cached, values)
-        return values
+    layout: Layout = "conv"
+    fresh_finetune: bool = False
 
     def run(self, job: AdaptJob) -> AdaptResult:
-        """Stage 2: keep the ``top_k`` groups by gate value and inject FRESH LoRA there (B = 0).
+        """Search, keep the ``top_k`` groups by gate value (ties by name), fine-tune them, merge.
 
-        Design choice: the kept gates are not removed but frozen at their searched logit, so a kept
-        branch is scaled by its searched sigmoid(g) exactly as during the search (and the adapter
-        file records it); only A/B are trained. Merging folds the gate into the weight.
+        The kept gates are not removed but frozen at their searched logit, so a kept branch is
+        scaled by its searched sigmoid(g) exactly as during the search (and the adapter file records
+        it); only A/B are trained. Merging folds the gate into the weight.
         """
         candidates = select_sites(job.model, self.sites)
         if self.top_k < 1:
             raise HarnessError(f"top_k={self.top_k} keeps no LoRA site", "set top_k >= 1")
-        gates = self.search(job, candidates)
+        totals = LoopTotals()
+        total = self.search_steps + self.finetune_steps
+        found = search_gates(job, candidates, rank=self.rank, alpha=self.alpha, layout=self.layout,
+                             steps=self.search_steps, lr=self.lr, gate_lr=self.gate_lr,
+                             warmup_steps=self.warmup_steps, bilevel=self.bilevel, totals=totals, total_steps=total)
+        gates = found["gates"]
         keep = sorted(gates, key=lambda g: (-gates[g], g))[: self.top_k]
         kept = {g: candidates[g] for g in candidates if g in keep}
-        fresh = inject_lora(job.model, kept, self.rank, self.alpha)
-        with torch.no_grad():
-            for g, p in fresh.items():
-                p.fill_(torch.logit(torch.tensor(gates[g]).clamp(1e-6, 1 - 1e-6)).item())
-        offset = self.search_steps
-
-        def shifted(done, total, info, progress=job.progress):
-            if progress is not None:
-                progress(offset + done, offset + total, info)
-
-        ft_job = AdaptJob(**{**job.__dict__, "progress": shifted})
-        return finetune_lora(ft_job, kept, self.rank, self.alpha, self.finetune_steps, self.lr,
-                             {"gates": gates, "search": "bilevel" if self.bilevel else "joint"})
-
-
-def lower_step(model: torch.nn.Module, params: list[torch.Tensor], opt: torch.optim.Optimizer, x: torch.Tensor,
-               loss_fn, step: int = 0) -> float:
-    """One Adam step of ``loss_fn(model(x), x)`` over ``params`` only (grads via autograd.grad)."""
-    loss = loss_fn(model(x), x)
-    finite_or_fail(loss, step, "search (lower level)")
-    grads = torch.autograd.grad(loss, params, allow_unused=True)
-    opt.zero_grad(set_to_none=True)
-    for p, g in zip(params, grads):
-        p.grad = torch.zeros_like(p) if g is None else g
-    opt.step()
-    return loss.item()
-
-
-def upper_step(model: torch.nn.Module, w: list[torch.Tensor], a: list[torch.Tensor], opt: torch.optim.Optimizer,
-               x: torch.Tensor, v: torch.Tensor, loss_fn, step: int = 0) -> float:
-    """One Adam step over the gates ``a`` with the hypergradient (lower on ``x``, upper on ``v``)."""
-    lower = loss_fn(model(x), x)
-    upper = loss_fn(model(v), v)
-    finite_or_fail(upper, step, "search (upper level)")
-    opt.zero_grad(set_to_none=True)
-    for p, h in zip(a, hypergradient(lower, upper, w, a)):
-        p.grad = h
-    opt.step()
-    return upper.item()
+        remove_lora(job.model, [n for g, names in candidates.items() if g not in kept for n in names], merge=False)
+        if self.fresh_finetune:  # the option: restart the kept branches at B = 0, gates at their searched value
+            remove_lora(job.model, merge=False)
+            fresh = inject_lora(job.model, kept, self.rank, self.alpha, layout=self.layout)
+            with torch.no_grad():
+                for g, p in fresh.items():
+                    p.fill_(torch.logit(torch.tensor(gates[g]).clamp(1e-6, 1 - 1e-6)).item())
+        info = {"gates": gates, "gate_updates": found["gate_updates"], "search": "bilevel" if self.bilevel else "joint",
+                "finetune_init": "fresh" if self.fresh_finetune else "searched"}
+        return finetune_lora(job, kept, self.rank, self.alpha, self.layout, self.finetune_steps, self.lr, info,
+                             totals, offset=self.search_steps, total=total)
 
 
 @METHODS.register("none")
@@ -244,23 +162,25 @@ def full_ft(steps: int = 100, lr: float = 1e-4) -> FullFineTune:
 
 
 @METHODS.register("manual_lora")
-def manual_lora(sites: list[str], rank: int = 8, alpha: float = 16, steps: int = 100, lr: float = 1e-4) -> ManualLoRA:
+def manual_lora(sites: list[str], rank: int = 8, alpha: float = 16, steps: int = 100, lr: float = 1e-4,
+                layout: Layout = "conv") -> ManualLoRA:
     """LoRA at hand-picked site groups (names or fnmatch patterns)."""
-    return ManualLoRA(sites, rank, alpha, steps, lr)
+    return ManualLoRA(sites, rank, alpha, steps, lr, layout)
 
 
 @METHODS.register("bilalora")
 def bilalora(rank: int = 8, alpha: float = 16, top_k: int = 3, search_steps: int = 50, finetune_steps: int = 200,
              lr: float = 1e-4, gate_lr: float = 1e-2, warmup_steps: int = 5,
-             sites: list[str] | None = None) -> LayerSearch:
+             sites: list[str] | None = None, layout: Layout = "conv", fresh_finetune: bool = False) -> LayerSearch:
     """Bilevel layer-positioning LoRA: gates on the validation split, LoRA on the training split."""
-    return LayerSearch(rank, alpha, top_k, search_steps, finetune_steps, lr, gate_lr, warmup_steps, sites, True)
+    return LayerSearch(rank, alpha, top_k, search_steps, finetune_steps, lr, gate_lr, warmup_steps, sites, True,
+                       layout=layout, fresh_finetune=fresh_finetune)
 
 
 @METHODS.register("naive_joint")
 def naive_joint(rank: int = 8, alpha: float = 16, top_k: int = 3, search_steps: int = 50, finetune_steps: int = 200,
                 lr: float = 1e-4, gate_lr: float = 1e-2, warmup_steps: int = 5,
-                sites: list[str] | None = None) -> LayerSearch:
+                sites: list[str] | None = None, layout: Layout = "conv", fresh_finetune: bool = False) -> LayerSearch:
     """The single-level ablation: gates and LoRA trained together on the training split."""
     return LayerSearch(rank, alpha, top_k, search_steps, finetune_steps, lr, gate_lr, warmup_steps, sites, False,
-                       name="naive_joint")
+                       name="naive_joint", layout=layout, fresh_finetune=fresh_finetune)

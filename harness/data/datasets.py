@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -228,11 +229,46 @@ def rtts(root: Path, expect_count: bool = True, on_corrupt: OnCorrupt = "fail", 
 
 
 @DATASETS.register("urhi")
-def urhi(root: Path, expect_count: bool = True, on_corrupt: OnCorrupt = "fail", limit: int | None = None) -> ImageSet:
-    """RESIDE URHI: ``UnannotatedHazyImages/`` with 4,807 real hazy images."""
+def urhi(root: Path, expect_count: bool = True, on_corrupt: OnCorrupt = "fail", limit: int | None = None,
+         subset: Path | None = None, count: int | None = None) -> ImageSet:
+    """RESIDE URHI: ``UnannotatedHazyImages/`` with 4,807 real hazy images.
+
+    Papers often score a subset (BiLaLoRA: 150 images). ``subset``: a text file of image names, one
+    a line (``#`` starts a comment), picked from the folder; every listed name must be there and
+    the count check expects exactly them. ``count``: the number of images the folder holds (default
+    4,807; 150 for a folder that holds only the published subset); with ``subset`` it must match the list.
+    """
     root = _root("urhi", root)
     folder = _subdir("urhi", root, "UnannotatedHazyImages")
-    return _hazy_only("urhi", root, folder, 4807, expect_count, on_corrupt, limit)
+    if subset is None:
+        return _hazy_only("urhi", root, folder, 4807 if count is None else count, expect_count, on_corrupt, limit)
+    names = _subset_names("urhi", Path(subset).expanduser())
+    if count is not None and count != len(names):
+        raise HarnessError(f"urhi: count {count} differs from the {len(names)} names in {subset}",
+                           "drop count, or make the list and the count agree")
+    by_name = {p.name: p for p in _images("urhi", folder)}
+    missing = [n for n in names if n not in by_name]
+    if missing and expect_count:
+        raise HarnessError(f"urhi: {len(missing)} of the {len(names)} images listed in {subset} are not in {folder}: "
+                           f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}",
+                           "complete the download, or set expect_count: false to score the ones present")
+    pairs = [ImagePair(n, by_name[n]) for n in names if n in by_name]
+    return _finish("urhi", root, pairs, on_corrupt, limit)
+
+
+def _subset_names(name: str, path: Path) -> list[str]:
+    """Image names from a list file: one a line, blank lines and ``#`` comments skipped, no repeats."""
+    if not path.is_file():
+        raise HarnessError(f"{name}: subset list {path} not found", "point subset at a text file of image names")
+    names = [line.split("#", 1)[0].strip() for line in path.read_text().splitlines()]
+    names = [Path(n).name for n in names if n]
+    if not names:
+        raise HarnessError(f"{name}: subset list {path} names no image", "write one image name a line")
+    repeated = sorted(n for n, times in Counter(names).items() if times > 1)
+    if repeated:
+        raise HarnessError(f"{name}: subset list {path} names {', '.join(repeated[:5])} more than once",
+                           "list each image once")
+    return names
 
 
 @DATASETS.register("fattal")
@@ -418,7 +454,10 @@ def synthetic(source: str = "skimage", kind: str = "asm", count: int = 16, size:
 
     ``source``: "skimage" (random crops of scikit-image's colour photos), "scenes" (procedural
     scenes with exact depth) or a folder of clean images. ``kind``: a key of ``synth.KINDS``.
-    Files go to ``cache_dir`` or ``cache_root()/<hash of the parameters>`` and are reused.
+    Files go to ``cache_dir`` or ``cache_root()/<hash of the parameters>`` and are reused. A
+    ``cache_dir`` must be new, empty, or made by this dataset with the same parameters: a folder
+    with other files is never written into or removed, and one made with other parameters is an
+    error naming them.
     """
     if kind not in synth.KINDS:
         raise HarnessError(f"synthetic: unknown kind {kind!r}", f"use one of: {', '.join(synth.KINDS)}")
@@ -429,15 +468,41 @@ def synthetic(source: str = "skimage", kind: str = "asm", count: int = 16, size:
               "seed": seed}
     key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
     folder = Path(cache_dir).expanduser() if cache_dir is not None else cache_root() / key
-    if not (folder / "meta.json").is_file():
+    if not _synthetic_cached(folder, params):
         _render(folder, [] if source == "scenes" else _load_sources(source, files), params)
     names = [f"{i:05d}.png" for i in range(count)]
     pairs = [ImagePair(n, folder / "hazy" / n, folder / "clear" / n) for n in names]
     return _finish(f"synthetic-{kind}", folder, pairs, on_corrupt, limit)
 
 
+def _synthetic_cached(folder: Path, params: dict) -> bool:
+    """True when ``folder`` holds pairs made with ``params``, False when it is absent or empty;
+    an error when it holds pairs of other parameters or files the harness did not write."""
+    meta = folder / "meta.json"
+    if meta.is_file():
+        try:
+            made = json.loads(meta.read_text())
+        except (OSError, ValueError):
+            made = None
+        if made == params:
+            return True
+        if isinstance(made, dict):
+            differ = ", ".join(f"{k} {made.get(k)!r} there, {params.get(k)!r} here"
+                               for k in sorted(set(made) | set(params)) if made.get(k) != params.get(k))
+            raise HarnessError(f"synthetic: cache_dir {folder} holds pairs made with other parameters ({differ})",
+                               "point cache_dir at another folder, or delete that one to remake it")
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise HarnessError(f"synthetic: cache_dir {folder} exists and holds files the harness did not write",
+                           "point cache_dir at a new or empty folder (the harness never writes into or removes it)")
+    return False
+
+
 def _render(folder: Path, sources: list, params: dict) -> None:
-    """Write the pairs to a temporary sibling folder, then move it into place (safe under races)."""
+    """Write the pairs to a temporary sibling folder, then move it into place (safe under races).
+
+    Only the temporary folder (named with this process's id) is ever removed; ``folder`` is new or
+    empty here (see ``_synthetic_cached``), and a rename never replaces a non-empty folder.
+    """
     rng = np.random.default_rng(params["seed"])
     tmp = folder.with_name(f".{folder.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -452,10 +517,11 @@ def _render(folder: Path, sources: list, params: dict) -> None:
         write_image(tmp / "hazy" / f"{i:05d}.png", hazy)
     (tmp / "meta.json").write_text(json.dumps(params, indent=1))
     folder.parent.mkdir(parents=True, exist_ok=True)
-    if folder.exists() and not (folder / "meta.json").is_file():
-        shutil.rmtree(folder, ignore_errors=True)  # a partial folder from an interrupted run
     try:
         os.replace(tmp, folder)
-    except OSError:  # another process finished first; its files are identical
+    except OSError:  # another process finished first (its files are checked like any cache)
         shutil.rmtree(tmp, ignore_errors=True)
+        if not _synthetic_cached(folder, params):
+            raise HarnessError(f"synthetic: could not move the pairs into {folder}",
+                               "check that the folder's parent is writable") from None
 

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness.engine.strategy import DataParallel, OptimiserFactory, Prepared
+from harness.engine.strategy import PRECISIONS, DataParallel, OptimiserFactory, Prepared
 from harness.errors import HarnessError
 
 
@@ -54,19 +54,31 @@ class _EngineState:
                                "delete the training state to restart that stage")
 
 
+class _CastInputs(nn.Module):
+    """DeepSpeed's bf16/fp16 modes hold the model in that dtype: cast inputs to it, outputs back to fp32."""
+
+    def __init__(self, engine: nn.Module, dtype: torch.dtype):
+        super().__init__()
+        self.engine, self.dtype = engine, dtype
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        return self.engine(x.to(self.dtype), *args, **kwargs).float()
+
+
 class DeepSpeedStrategy(DataParallel):
     name = "deepspeed"
 
-    def __init__(self, device: torch.device | str | None = None, zero_stage: int = 1, precision: str = "fp32"):
+    def __init__(self, device: torch.device | str | None = None, zero_stage: int = 1, precision: str = "fp32",
+                 channels_last: bool = False):
         self.deepspeed = _import_deepspeed()
-        super().__init__(device)
+        super().__init__(device, precision, channels_last)
         # wrap the process group DataParallel started in DeepSpeed's communication layer
         self.deepspeed.init_distributed(dist_backend="nccl" if self.device.type == "cuda" else "gloo")
-        self.zero_stage, self.precision = zero_stage, precision
+        self.zero_stage = zero_stage
         self._engines: list[_EngineState] = []
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "zero_stage": self.zero_stage, "precision": self.precision}
+        return {**super().describe(), "zero_stage": self.zero_stage}
 
     def config(self, batch_per_rank: int, clip: float | None) -> dict[str, Any]:
         config: dict[str, Any] = {
@@ -83,14 +95,17 @@ class DeepSpeedStrategy(DataParallel):
         return config
 
     def prepare(self, model: nn.Module, params: list[nn.Parameter], optimiser: OptimiserFactory,
-                clip: float | None = None) -> Prepared:
+                clip: float | None = None, manual_grads: bool = False) -> Prepared:
+        if manual_grads:  # gradients from autograd.grad, averaged by the caller: DeepSpeed's hooks never see them
+            return super().prepare(model, params, optimiser, clip, manual_grads=True)
         model.to(self.device)
         client = optimiser(params)  # ZeRO keeps its param_groups, so lr schedules on it still apply
         engine, _, _, _ = self.deepspeed.initialize(model=model, model_parameters=params, optimizer=client,
                                                     config=self.config(1, clip), dist_init_required=False)
         state = _EngineState(engine, f"engine{len(self._engines)}")
         self._engines.append(state)
-        return Prepared(engine, model, client, params, clip, _backward=engine.backward, _step=engine.step,
+        forward = engine if self.precision == "fp32" else _CastInputs(engine, PRECISIONS[self.precision])
+        return Prepared(forward, model, client, params, clip, _backward=engine.backward, _step=engine.step,
                         extra_state={"engine": state})
 
     def _point_engines(self, path: Path) -> None:

@@ -72,28 +72,79 @@ class Prepared:
         return {f"{prefix}model": self.model, f"{prefix}optimiser": self.optimiser}
 
 
+class Numerics(nn.Module):
+    """The forward pass under autocast (bf16/fp16) and/or in channels_last; outputs back in fp32."""
+
+    def __init__(self, module: nn.Module, dtype: torch.dtype | None, channels_last: bool):
+        super().__init__()
+        self.inner, self.dtype, self.channels_last = module, dtype, channels_last
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if self.dtype is None:
+            return self.inner(x, *args, **kwargs)
+        with torch.autocast(x.device.type, dtype=self.dtype):
+            out = self.inner(x, *args, **kwargs)
+        return out.float()
+
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 class Strategy:
-    """Single-process behaviour; subclasses override what changes with several ranks."""
+    """Single-process behaviour; subclasses override what changes with several ranks.
+
+    ``precision`` (bf16/fp16 autocast; fp16 with a gradient scaler) and ``channels_last`` apply to
+    the forward pass of every prepared model.
+    """
 
     name = "single"
 
-    def __init__(self, device: torch.device | str = "cpu"):
+    def __init__(self, device: torch.device | str = "cpu", precision: str = "fp32", channels_last: bool = False):
         self.device = torch.device(device)
         self.rank, self.world = 0, 1
+        self.precision, self.channels_last = precision, channels_last
+
+    def _numerics(self, model: nn.Module, module: nn.Module) -> nn.Module:
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+        dtype = PRECISIONS[self.precision]
+        return module if dtype is None and not self.channels_last else Numerics(module, dtype, self.channels_last)
+
+    def _prepared(self, model: nn.Module, module: nn.Module, optimiser, params, clip) -> Prepared:
+        prepared = Prepared(self._numerics(model, module), model, optimiser, params, clip)
+        if self.precision == "fp16":
+            scaler = torch.amp.GradScaler(self.device.type)
+            prepared._backward = lambda loss: scaler.scale(loss).backward()
+
+            def step() -> None:
+                if clip is not None:
+                    scaler.unscale_(optimiser)
+                    torch.nn.utils.clip_grad_norm_(params, clip)
+                scaler.step(optimiser)
+                scaler.update()
+                optimiser.zero_grad(set_to_none=True)
+
+            prepared._step = step
+        return prepared
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
 
     def describe(self) -> dict[str, Any]:
-        return {"strategy": self.name, "world": self.world, "device": str(self.device)}
+        return {"strategy": self.name, "world": self.world, "device": str(self.device), "precision": self.precision,
+                "channels_last": self.channels_last}
 
     # --------------------------------------------------------------- training
 
     def prepare(self, model: nn.Module, params: list[nn.Parameter], optimiser: OptimiserFactory,
-                clip: float | None = None) -> Prepared:
+                clip: float | None = None, manual_grads: bool = False) -> Prepared:
+        """``manual_grads``: the caller sets ``.grad`` from ``autograd.grad`` and averages it over ranks
+        itself (``all_reduce_mean``), so no wrapper's gradient hooks are involved: a plain optimiser."""
         model.to(self.device)
-        return Prepared(model, model, optimiser(params), params, clip)
+        return self._prepared(model, model, optimiser(params), params, clip)
 
     def shard(self, batch: torch.Tensor | None) -> torch.Tensor | None:
         """This rank's slice of a global batch (the whole batch on one process)."""
@@ -146,9 +197,10 @@ class DataParallel(Strategy):
 
     name = "ddp"
 
-    def __init__(self, device: torch.device | str | None = None):
+    def __init__(self, device: torch.device | str | None = None, precision: str = "fp32", channels_last: bool = False):
         from harness.launch.distributed import ensure_process_group
 
+        self.precision, self.channels_last = precision, channels_last
         self.rank, self.world = ensure_process_group()
         if device is None:
             local = int(os.environ.get("LOCAL_RANK", "0"))
@@ -156,14 +208,16 @@ class DataParallel(Strategy):
         self.device = torch.device(device)
 
     def prepare(self, model: nn.Module, params: list[nn.Parameter], optimiser: OptimiserFactory,
-                clip: float | None = None) -> Prepared:
+                clip: float | None = None, manual_grads: bool = False) -> Prepared:
         from torch.nn.parallel import DistributedDataParallel
 
+        if manual_grads:
+            return super().prepare(model, params, optimiser, clip)
         model.to(self.device)
         ids = [self.device.index] if self.device.type == "cuda" else None
         # frozen parameters (LoRA stages) are left out of DDP's buckets by requires_grad=False
         wrapped = DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
-        return Prepared(wrapped, model, optimiser(params), params, clip)
+        return self._prepared(model, wrapped, optimiser(params), params, clip)
 
     def all_reduce_mean(self, tensors: list[torch.Tensor]) -> None:
         import torch.distributed as dist
@@ -197,18 +251,17 @@ def make_strategy(recipe) -> Strategy:
     from harness.launch.distributed import rank_world
     from harness.stages.context import resolve_device
 
-    name = recipe.engine.strategy
+    engine = recipe.engine
+    name, numerics = engine.strategy, engine.numerics()
     device = resolve_device(recipe.device)
     world = rank_world()[1]
     if name == "deepspeed":
         from harness.engine.deepspeed import DeepSpeedStrategy
 
-        return DeepSpeedStrategy(device, zero_stage=recipe.engine.zero_stage, precision=recipe.engine.precision)
-    if name == "ddp" or (name == "auto" and world > 1):
-        if world == 1:
-            return Strategy(device)  # DDP over one process is the single-device computation
-        return DataParallel(device)
-    return Strategy(device)
+        return DeepSpeedStrategy(device, zero_stage=engine.zero_stage, **numerics)
+    if world > 1 and name in ("ddp", "auto"):
+        return DataParallel(device, **numerics)
+    return Strategy(device, **numerics)  # DDP over one process is the single-device computation
 
 
 _CURRENT: list[Strategy] = []

@@ -25,7 +25,7 @@ from harness.recipe import SlurmConfig
 
 def _header(name: str, run_dir: Path, slurm: SlurmConfig, array: str | None, gpus: int) -> list[str]:
     lines = ["#!/bin/bash", f"#SBATCH --job-name={name}",
-             f"#SBATCH --output={run_dir / 'work' / 'slurm' / '%x-%A_%a.out'}",
+             f"#SBATCH --output={run_dir / 'work' / 'slurm' / ('%x-%A_%a.out' if array else '%x-%j.out')}",
              f"#SBATCH --chdir={Path.cwd()}", f"#SBATCH --time={slurm.time}", "#SBATCH --ntasks=1"]
     if array:
         lines += [f"#SBATCH --array={array}", "#SBATCH --requeue", "#SBATCH --signal=B:USR1@120"]

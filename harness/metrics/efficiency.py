@@ -1,7 +1,9 @@
-"""Efficiency figures: parameters, FLOPs (torch FlopCounterMode), runtime and peak memory at 256x256.
+"""Efficiency figures: parameters, MACs and FLOPs, runtime and peak memory at 256x256.
 
-FLOPs follow torch's convention (one multiply-add = 2 FLOPs); ``macs_256`` halves it to compare
-with papers that report thop's multiply-add counts as "FLOPs".
+FLOPs follow torch's convention (``FlopCounterMode``: one multiply-add = 2 FLOPs). Papers quote
+thop's multiply-add counts as "FLOPs" (DEA-Net's 34.04 G), so records also carry ``macs_256`` in
+thop's convention (see :func:`macs_256`): the two differ by more than the factor 2 where a model
+has transposed convs.
 """
 
 from __future__ import annotations
@@ -54,26 +56,41 @@ def macs_256(model: nn.Module, size: int = 256, device: torch.device | str = "cp
     return macs, macs + sum(overcount)
 
 
-def runtime_ms(model: nn.Module, size: int = 256, repeats: int = 5, warmup: int = 1,
-               device: torch.device | str = "cpu") -> float:
-    """Median wall time in ms of one forward pass on a ``3 x size x size`` image."""
+def runtime_ms(model: nn.Module, size: int = 256, device: torch.device | str = "cpu", warmup: int = 3,
+               min_run_time: float = 1.0) -> float:
+    """Median wall time in ms of one forward pass on a ``3 x size x size`` image, after ``warmup`` passes.
+
+    CPU: ``torch.utils.benchmark.Timer.blocked_autorange`` (blocks of passes filling at least
+    ``min_run_time`` seconds; the median of the per-pass block times). CUDA: CUDA events around
+    each pass, at least 20 passes and ``min_run_time`` seconds, the median. (One warm-up and five
+    repeats, as before, spread identical merged models over 27-34 ms.)
+    """
+    from torch.utils import benchmark
+
     device = torch.device(device)
     x = torch.rand(1, 3, size, size, device=device)
     was_training = model.training
     model.eval()
-    times = []
-    with torch.no_grad():
-        for i in range(warmup + repeats):
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            start = time.perf_counter()
-            model(x)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            if i >= warmup:
-                times.append((time.perf_counter() - start) * 1000.0)
-    model.train(was_training)
-    return float(statistics.median(times))
+    try:
+        with torch.no_grad():
+            for _ in range(warmup):
+                model(x)
+            if device.type != "cuda":
+                timer = benchmark.Timer("model(x)", globals={"model": model, "x": x},
+                                        num_threads=torch.get_num_threads())
+                return float(timer.blocked_autorange(min_run_time=min_run_time).median * 1000.0)
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            times: list[float] = []
+            began = time.perf_counter()
+            while len(times) < 20 or time.perf_counter() - began < min_run_time:
+                start.record()
+                model(x)
+                end.record()
+                end.synchronize()
+                times.append(start.elapsed_time(end))
+            return float(statistics.median(times))
+    finally:
+        model.train(was_training)
 
 
 def _tensors(obj) -> list[torch.Tensor]:
@@ -170,18 +187,20 @@ def _modules(model: nn.Module | Iterable[nn.Module | None] | None) -> list[nn.Mo
 
 @contextmanager
 def peak_memory(device: torch.device | str = "cpu",
-                model: nn.Module | Iterable[nn.Module | None] | None = None) -> Iterator[dict]:
+                model: nn.Module | Iterable[nn.Module | None] | None = None,
+                optimisers: Iterable[torch.optim.Optimizer] = ()) -> Iterator[dict]:
     """Peak tensor memory in MB (2**20 bytes) inside the block, into ``result["peak_mem_mb"]``.
 
     CUDA: ``torch.cuda.max_memory_allocated`` after resetting the peak, i.e. every allocation
     live on the device (``model`` is ignored). CPU: torch keeps no CPU allocator statistics (and
     the resident set keeps freed memory, so it shows no growth after the first run), so we count
     the same quantity ourselves: the parameters, buffers and gradients of ``model`` (a module or
-    several; ``None`` is skipped) at entry, plus the peak growth of the bytes held by tensor
+    several; ``None`` is skipped) and the state of ``optimisers`` at entry, plus the peak growth of the bytes held by tensor
     storages the block allocates, followed op by op (see ``_LiveStorageTracker``). Other tensors
     alive at entry (data, a loss network left out of ``model``) are not counted. Following every
-    op costs about 6 us per op: measured 1.16-1.22x on tiny DEA-Net's 8x48^2 training steps, near 1x
-    at real sizes, and it is included in a CPU run's train time.
+    op costs about 6 us per op (measured 1.16-1.22x on tiny DEA-Net's 8x48^2 training steps, near 1x
+    at real sizes), so training loops run it only on probed steps, outside their train time
+    (``TrainLoop(memory_probe=...)``).
     """
     device = torch.device(device)
     result: dict = {}
@@ -191,10 +210,12 @@ def peak_memory(device: torch.device | str = "cpu",
         result["peak_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
         return
     tracker = _LiveStorageTracker(device.type)
-    for module in _modules(model):
-        for t in [*module.parameters(), *module.buffers(), *(p.grad for p in module.parameters())]:
-            if isinstance(t, torch.Tensor) and (s := tracker.storage(t)) is not None:
-                tracker.track(s)
+    held = [t for module in _modules(model)
+            for t in [*module.parameters(), *module.buffers(), *(p.grad for p in module.parameters())]]
+    held += [t for opt in optimisers for state in opt.state.values() for t in _tensors(state)]
+    for t in held:
+        if isinstance(t, torch.Tensor) and (s := tracker.storage(t)) is not None:
+            tracker.track(s)
     try:
         with tracker:
             yield result
@@ -204,11 +225,12 @@ def peak_memory(device: torch.device | str = "cpu",
 
 
 def efficiency_figures(model: nn.Module, device: torch.device | str = "cpu") -> dict:
-    """Deployed-model figures for a record: params, FLOPs and runtime at 256x256."""
-    flops = flops_256(model, device=device)
+    """Deployed-model figures for a record: params, MACs (thop's convention, as papers quote them)
+    and FLOPs (torch's, 2 x the exact MACs) and runtime at 256x256."""
+    exact, thop = macs_256(model, device=device)
     return {
         "params_total": count_params(model),
-        "flops_256": flops,
-        "macs_256": flops // 2,
+        "flops_256": 2 * exact,
+        "macs_256": thop,
         "runtime_ms_256": runtime_ms(model, device=device),
     }

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,6 @@ import torch
 from harness.adapt.base import AdaptJob
 from harness.data.sequence import ImageSequence
 from harness.errors import HarnessError
-from harness.metrics.efficiency import peak_memory
 from harness.plan.graph import Task
 from harness.plan.ids import stable_hash
 from harness.registry import METHODS
@@ -93,14 +91,12 @@ def run(task: Task, ctx: StageContext) -> dict[str, Any]:
     update, finish = ctx.progress.task(task.label or task.id)
     job = AdaptJob(model=base, train_images=train, val_images=val, loss_fn=loss, batch_size=budget["batch_size"],
                    patch_size=budget["patch_size"], workdir=work / "state", seed=spec["seed"], device=ctx.device,
-                   progress=update)
+                   progress=update, strategy=ctx.strategy, checkpoint_every=ctx.recipe.budget.checkpoint_every,
+                   val_loss=method.needs_loss, measure_memory=True)
     if spec.get("source"):
         job.source_model, _ = load(spec["source"], spec["backbone"], ctx)
     torch.manual_seed(spec["seed"])
-    began = time.perf_counter()
-    with peak_memory(ctx.device, model=(base, loss, job.source_model)) as mem:
-        result = method.run(job)
-    seconds = getattr(result, "seconds", None) or time.perf_counter() - began
+    result = method.run(job)
     finish()
     meta = None
     if ctx.strategy.is_main:
@@ -116,10 +112,10 @@ def run(task: Task, ctx: StageContext) -> dict[str, Any]:
             _stamp_adapter(staging / artifacts["adapter"], spec, file_sha256(base_file), guide_info)
         save_weights(staging / WEIGHTS, result.model, {
             "backbone": spec["backbone"]["type"], "variant": spec["backbone"].get("variant", "full"), "form": "deploy",
-            "method": spec["method"], "train_seconds": seconds,
-            "peak_mem_mb": mem["peak_mem_mb"], "params_trainable": result.params_trainable,
-            "params_unmerged": getattr(result, "params_unmerged", None), "info": result.info, "guide": guide_info,
-            "curves": getattr(result, "curves", {}), "artifacts": artifacts, "strategy": ctx.strategy.describe(),
+            "method": spec["method"], "train_seconds": result.train_seconds,
+            "peak_mem_mb": result.peak_mem_mb, "params_trainable": result.params_trainable,
+            "params_unmerged": result.params_unmerged, "info": result.info, "guide": guide_info,
+            "curves": result.curves, "artifacts": artifacts, "strategy": ctx.strategy.describe(),
         })
         meta = commit(staging, folder, task.key, inputs(task, ctx), deps(task, ctx), replace=True)
         shutil.rmtree(work, ignore_errors=True)

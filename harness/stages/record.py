@@ -34,9 +34,9 @@ def build_record(*, cell: dict[str, Any], recipe_name: str, recipe_hash: str, me
         "efficiency": {
             "train_seconds": adapted.get("train_seconds"),
             "params_trainable": adapted.get("params_trainable"),
-            "params_unmerged": adapted.get("params_unmerged"),
             "peak_mem_mb": adapted.get("peak_mem_mb"),
             **efficiency,
+            "params_unmerged": adapted.get("params_unmerged") or efficiency.get("params_total"),
         },
         "method_info": adapted.get("info", {}),
         "curves": {"pretrain": pretrained.get("curve", []), **(adapted.get("curves") or {})},

@@ -9,7 +9,6 @@ not write is one line naming the file, and the temporary file is removed so it h
 from __future__ import annotations
 
 import errno
-import fcntl
 import hashlib
 import json
 import os
@@ -85,14 +84,12 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 @contextmanager
 def file_lock(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``path`` (created if absent): one process at a time, across ranks."""
+    """Hold an exclusive lock on ``path`` (created if absent): one process at a time, across ranks and runs."""
+    from filelock import FileLock
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with FileLock(str(path)):
+        yield
 
 
 def file_sha256(path: Path) -> str:
