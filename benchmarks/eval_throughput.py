@@ -10,13 +10,14 @@ Configurations, each on the same folder and model:
 
 - ``serial``: the pipeline's settings that reproduce the path before it (one image at a time,
   decoding in process, ``fade`` with ``impl: pyfade`` in process);
-- ``pipeline``: batches of ``--batch``, DataLoader decoding, torch FADE on ``--device``;
+- ``pipeline``: the defaults (batches of 8 on a GPU, 1 on the CPU; ``--batch`` overrides),
+  DataLoader decoding, torch FADE on ``--device``;
 - ``before`` (with ``--before-src DIR``, a checkout of the code before the pipeline): its
   ``harness.benchmark.score_model`` timed in a subprocess.
 
 Timings only; nothing is asserted.
 
-    python benchmarks/eval_throughput.py [--count 132] [--device cpu|cuda] [--batch 8]
+    python benchmarks/eval_throughput.py [--count 132] [--device cpu|cuda] [--batch N]
                                          [--before-src DIR] [--musiq random|FILE] [--json FILE]
 """
 
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=132, help="images in the folder")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=None, help="scoring batch (default: 8 on a GPU, 1 on the CPU)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads in the scoring process")
     parser.add_argument("--decode-workers", type=int, default=None)
     parser.add_argument("--before-src", type=Path, default=None, help="checkout of the code before the pipeline")

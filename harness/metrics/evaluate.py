@@ -38,7 +38,7 @@ def _as_job(position: int, item: Any):
 
 def score_images(pairs: Iterable[Any], metrics: dict[str, Metric], workers: int = 1, progress: bool = True,
                  shard: tuple[int, int] | None = None, on_corrupt: str = "fail", device: str = "cpu",
-                 batch_size: int = 8, decode_workers: int | None = None) -> pd.DataFrame:
+                 batch_size: int | None = None, decode_workers: int | None = None) -> pd.DataFrame:
     """Score image files: one row per image (``image`` + one column per metric), input order.
 
     ``pairs``: ImagePairs, paths, or ``(name, path, reference path | None)`` tuples. Device metrics
@@ -113,7 +113,8 @@ def eval_command(
     skip_corrupt: Annotated[bool, typer.Option("--skip-corrupt", help="Leave out (and name) undecodable files.")]
     = False,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda[:N]: where the metrics run.")] = "auto",
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Same-size images scored together.")] = 8,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Same-size images scored together "
+                                                                         "(default 8 on a GPU, 1 on the CPU).")] = None,
 ) -> None:
     """Score every image in a folder; print the means and write per-image CSV (under torchrun: sharded by rank)."""
     from harness.stages.context import resolve_device
