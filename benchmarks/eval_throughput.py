@@ -17,7 +17,7 @@ Configurations, each on the same folder and model:
 
 Timings only; nothing is asserted.
 
-    python benchmarks/eval_throughput.py [--count 132] [--device cpu|cuda] [--batch N]
+    python benchmarks/eval_throughput.py [--count 132] [--device cpu|cuda] [--batch N] [--rounds 2]
                                          [--before-src DIR] [--musiq random|FILE] [--json FILE]
 """
 
@@ -112,6 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--before-src", type=Path, default=None, help="checkout of the code before the pipeline")
     parser.add_argument("--musiq", default=None, help="'random' or a MUSIQ weights file")
     parser.add_argument("--configs", default="serial,pipeline", help="which pipeline configurations to time")
+    parser.add_argument("--rounds", type=int, default=1, help="2: time A B C then C B A (cancels a load drift)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -143,23 +144,30 @@ def main(argv: list[str] | None = None) -> dict:
             "serial": ({"batch_size": 1, "decode_workers": 0}, "pyfade"),
             "pipeline": ({"batch_size": args.batch, "decode_workers": args.decode_workers}, "torch"),
         }
-        for name in args.configs.split(","):
+
+        def timed(name: str, folder: Path) -> tuple[float, dict]:
+            if name == "before":
+                env = {**os.environ, "PYTHONPATH": str(args.before_src.resolve()), "OMP_NUM_THREADS": str(args.threads)}
+                script = tmp / "before.py"
+                script.write_text(BEFORE_SCRIPT)
+                done = subprocess.run([sys.executable, str(script), str(tmp / "images"), str(tmp / "model.pt"),
+                                       str(folder), str(device), str(musiq or "-"), str(args.threads)],
+                                      env=env, capture_output=True, text=True, check=True, cwd=tmp)
+                before = json.loads(done.stdout.strip().splitlines()[-1])
+                return before["seconds"], before["means"]
             options, impl = configs[name]
             chosen = metrics(impl)
             start = time.perf_counter()
-            scores = score_model(model, bench, chosen, tmp / name, device, **options)
-            result["rates"][name] = len(paths) / (time.perf_counter() - start)
-            result["means"][name] = scores["means"]["b"]
-        if args.before_src is not None:
-            env = {**os.environ, "PYTHONPATH": str(args.before_src.resolve()), "OMP_NUM_THREADS": str(args.threads)}
-            script = tmp / "before.py"
-            script.write_text(BEFORE_SCRIPT)
-            done = subprocess.run([sys.executable, str(script), str(tmp / "images"), str(tmp / "model.pt"),
-                                   str(tmp / "before"), str(device), str(musiq or "-"), str(args.threads)],
-                                  env=env, capture_output=True, text=True, check=True, cwd=tmp)
-            before = json.loads(done.stdout.strip().splitlines()[-1])
-            result["rates"]["before"] = len(paths) / before["seconds"]
-            result["means"]["before"] = before["means"]
+            scores = score_model(model, bench, chosen, folder, device, **options)
+            return time.perf_counter() - start, scores["means"]["b"]
+
+        names = args.configs.split(",") + (["before"] if args.before_src is not None else [])
+        seconds = dict.fromkeys(names, 0.0)
+        for r in range(args.rounds):  # odd rounds in order, even rounds reversed: a load drift cancels
+            for name in (names if r % 2 == 0 else names[::-1]):
+                spent, result["means"][name] = timed(name, tmp / f"{name}{r}")
+                seconds[name] += spent
+        result["rates"] = {name: args.rounds * len(paths) / seconds[name] for name in names}
     table = Table(title=f"cell scoring of {len(paths)} images ({len(sizes)} sizes), tiny DEA-Net, "
                         f"{', '.join(metrics('torch'))} on {device}, {args.threads} thread(s)")
     for col in ("configuration", "images/s", "vs first", "fade mean", "entropy mean"):
