@@ -174,7 +174,8 @@ def test_torch_fade_equals_pyfade_on_every_shared_photo_at_full_size(shared_data
     from harness.data import synth
 
     torch_fade = build_metric("fade")
-    images = [read_image(p) for p in list_images(shared_data / "real_hazy") + list_images(shared_data / "clean_kodak24")]
+    paths = list_images(shared_data / "real_hazy") + list_images(shared_data / "clean_kodak24")
+    images = [read_image(p) for p in paths]
     rng = np.random.default_rng(0)
     images += [synth.synthesize(read_image(p), "ridcp", rng) for p in list_images(shared_data / "clean_kodak24")[:6]]
     worst = max(abs(torch_fade.score(a) - _pyfade(a)) for a in images)

@@ -95,7 +95,8 @@ def test_cpu_metric_workers_match_one_image_at_a_time(bench, tmp_path):
 def test_identity_keeps_every_sanity_metric_at_its_neutral_value(bench, tmp_path):
     scores = score_model(nn.Identity(), {"b": bench}, {"entropy": build_metric("entropy")}, tmp_path, "cpu")
     means = scores["means"]["b"]
-    assert means["lab_shift"] == pytest.approx(0, abs=1e-9) and means["colourfulness_delta"] == pytest.approx(0, abs=1e-9)
+    assert means["lab_shift"] == pytest.approx(0, abs=1e-9)
+    assert means["colourfulness_delta"] == pytest.approx(0, abs=1e-9)
     assert means["luma_ssim_input"] == pytest.approx(1.0, abs=1e-12)
 
 

@@ -45,7 +45,6 @@ from functools import lru_cache
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from harness.errors import HarnessError
 from harness.metrics.filters import correlate
@@ -107,7 +106,8 @@ def load_models(model_dir: str | None = None) -> FadeModels:
     table = pyfade_model_dir() / "matlab_constant_window_lookup.mat"
     for path in (*files.values(), table):
         if not path.is_file():
-            raise HarnessError(f"fade: model file {path} not found", "reinstall fade-python or set metrics.fade.model_dir")
+            raise HarnessError(f"fade: model file {path} not found",
+                               "reinstall fade-python or set metrics.fade.model_dir")
     lookup = loadmat(table)
     return FadeModels(
         _gaussian(loadmat(files["fogfree"]), "fogfree"), _gaussian(loadmat(files["foggy"]), "foggy"),
@@ -311,7 +311,8 @@ def _strip_features(maps: _Strips, a: int, b: int, contrast: torch.Tensor,
 
     cmax = contrast_max[:, :, None, None]
     response = contrast * cmax / (contrast + cmax * _CE_SEMISATURATION)  # 0/0 on a flat image: NaN -> 0 below
-    response = response - torch.tensor(_CE_THRESHOLDS, dtype=response.dtype, device=response.device)[None, :, None, None]
+    thresholds = torch.tensor(_CE_THRESHOLDS, dtype=response.dtype, device=response.device)
+    response = response - thresholds[None, :, None, None]
     ce = torch.where(response > 1e-7, response, 0.0)
 
     q = maps.rows(a, b)

@@ -99,7 +99,8 @@ class Ssim(DeviceMetric):
     def score_batch(self, images, references=None, input_images=None) -> torch.Tensor:
         other = references if self.spec.needs_reference else input_images
         other = check_companion(self.spec, images, other, "reference" if self.spec.needs_reference else "input")
-        return ssim_8bit(eight_bit(images.clamp(0, 1), self.color_space), eight_bit(other.clamp(0, 1), self.color_space))
+        space = self.color_space
+        return ssim_8bit(eight_bit(images.clamp(0, 1), space), eight_bit(other.clamp(0, 1), space))
 
 
 def luma_levels(images: torch.Tensor) -> torch.Tensor:

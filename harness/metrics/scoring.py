@@ -6,8 +6,8 @@ and ``harness eval`` (``score_stream`` without a model: score the files themselv
 - images are decoded (and shrunk to ``max_side``) in DataLoader worker processes;
 - same-size images are restored together in batches of up to ``batch_size`` images and
   ``batch_pixels`` pixels (default 8 on a GPU, 1 on the CPU, where batching made a tiny DEA-Net
-  1.75x slower per 640x480 image and FADE 1.4x: memory-bound convolutions gain nothing from it); with ``tile`` set, larger images are restored in overlapping tiles
-  exactly as ``harness dehaze`` restores them;
+  1.75x slower per 640x480 image and FADE 1.4x: memory-bound work gains nothing from it); with
+  ``tile`` set, larger images are restored in overlapping tiles exactly as ``harness dehaze`` does;
 - device metrics (``spec.on_device``) score each batch on the device the model ran on; only the
   CPU-only metrics (``fade`` with ``impl: pyfade``, ``biqme``) go to ``workers`` spawned processes;
 - ``score_model`` adds the sanity metrics (``harness.metrics.sanity``) to every benchmark, writes
@@ -26,7 +26,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -250,7 +250,8 @@ def score_stream(jobs: list[Job], metrics: dict[str, Metric], device: torch.devi
             for it in items:
                 if it["reference"].shape != it["image"].shape:
                     raise HarnessError(f"{it['job'].name}: image {tuple(it['image'].shape[-2:])} and reference "
-                                       f"{tuple(it['reference'].shape[-2:])} differ", "score outputs at the ground truth's size")
+                                       f"{tuple(it['reference'].shape[-2:])} differ",
+                                       "score outputs at the ground truth's size")
             refs = _stack([it["reference"] for it in items]).to(device, non_blocking=True)
         out = _restore(model, images, tile, overlap)
         for it in items:
