@@ -1,7 +1,7 @@
 """``harness eval``: score a folder of images (e.g. other methods' outputs) with the scoring pipeline.
 
-Files are decoded in DataLoader workers, device metrics score same-size batches on ``--device``,
-CPU-only metrics run in ``--workers`` processes (``harness.metrics.scoring.score_stream``). With
+Files are decoded (in DataLoader workers beside a GPU), device metrics score same-size batches on
+``--device``, CPU-only metrics run in ``--workers`` processes (``harness.metrics.scoring.score_stream``). With
 ``shard=(rank, world)`` only every ``world``-th image from ``rank`` is scored and the frame's index
 holds each row's input position, so ``harness.launch.distributed.gather_frames`` puts the ranks'
 frames back in input order. Under ``torchrun``, ``harness eval`` does exactly that.
