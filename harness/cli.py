@@ -27,7 +27,8 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("harness.metrics.evaluate:eval_command", "Score a folder of images (e.g. other methods' outputs)."),
     "dehaze": ("harness.dehaze:dehaze_command", "Restore a folder of images at full resolution."),
     "models": ("harness.models.catalog:models_command", "Backbones with parameters, FLOPs and LoRA sites."),
-    "doctor": ("harness.doctor:doctor_command", "torch/CUDA, launchers, and where weights are looked for."),
+    "doctor": ("harness.doctor:doctor_command", "torch/CUDA, launchers, where weights are looked for; a recipe's needs."),
+    "report": ("harness.report.command:report_command", "Tables (md, LaTeX), figures and an HTML page from a run's records."),
 }
 
 
@@ -77,10 +78,9 @@ def _load(recipe: Path, overrides: list[str] | None, check_paths: bool = True):
 
 
 def _console():
-    from rich.console import Console
+    from harness.ui.console import output_console
 
-    # unwrapped when not a terminal: a batch log gets whole table rows
-    return Console(width=None if sys.stdout.isatty() else 10_000, soft_wrap=not sys.stdout.isatty())
+    return output_console()
 
 
 @app.command("run")
@@ -103,7 +103,7 @@ def run_command(
     """Train, adapt and score every cell of RECIPE that is not done, then write the report."""
     from harness import runner
     from harness.launch.distributed import rank_world
-    from harness.report.tables import write_report
+    from harness.report.writer import write_report
 
     spec = _load(recipe, set_)
     run_dir = out or spec.run_dir()
@@ -116,7 +116,7 @@ def run_command(
                          nnodes=nnodes, force_stage=force, strategy=strategy, launcher_args=launcher_arg, wait=wait)
     if rank_world()[0] != 0 or (launcher == "slurm" and not wait):
         return
-    written = write_report(run_dir, baselines=spec.baselines)
+    written = write_report(run_dir, ("md", "latex", "html"), baselines=spec.baselines or None)
     console = _console()
     console.print(written["md"].read_text(), markup=False, highlight=False)
     console.print(f"done: {len(summary.ran)} task(s) run, {summary.done_before} of {summary.tasks} already done, "
@@ -166,33 +166,6 @@ def plan_command(
     _print_plan(spec, out or spec.run_dir())
     for key, folder in missing_paths(spec):
         print(f"warning: {key}.root {folder} does not exist yet; `harness run` will stop there")
-
-
-@app.command("report")
-def report_command(
-    run_dir: Path = typer.Argument(..., help="a run folder written by `harness run`"),
-    format: str = typer.Option("both", "--format", help="md, latex or both"),
-    baseline: Optional[List[Path]] = typer.Option(
-        None, "--baseline", help="published-numbers YAML to show beside ours (default: the recipes' baselines)"),
-) -> None:
-    """Write comparison tables from the records in RUN_DIR."""
-    from harness.report.tables import write_report
-
-    if not (run_dir / "cells").is_dir():
-        raise HarnessError(f"{run_dir} has no cells/ folder", "pass a run folder written by `harness run`")
-    formats = {"md": ("md",), "latex": ("latex",), "both": ("md", "latex")}.get(format)
-    if formats is None:
-        raise HarnessError(f"unknown --format {format!r}", "use md, latex or both")
-    if baseline is None:
-        import yaml
-
-        baseline = sorted({Path(p) for f in sorted((run_dir / "recipes").glob("*.yaml"))
-                           for p in (yaml.safe_load(f.read_text()) or {}).get("baselines", [])})
-    written = write_report(run_dir, formats, baselines=baseline)
-    console = _console()
-    if "md" in written:
-        console.print(written["md"].read_text(), markup=False, highlight=False)
-    console.print("wrote " + ", ".join(str(p) for p in written.values()), markup=False)
 
 
 @app.command("worker", hidden=True)

@@ -1,83 +1,151 @@
-"""Tables come from records only: grouping, seed averaging, best-in-column, n/a."""
+"""Tables come from records only; every expected number here is computed by hand in the test."""
 
-from harness.report.tables import comparison_table, to_latex, to_markdown, write_report
-from harness.store import RunStore
+import pytest
 
-
-def record(method: str, seed: int, fade: float, psnr: float | None, index: int) -> dict:
-    return {
-        "cell": {"index": index, "seed": seed, "labels": {"backbone": "dea_net-tiny", "pretrain": "asm",
-                                                         "target": "t", "method": method}},
-        "provenance": {"recipe": "demo"},
-        "metrics": {"bench": {"fade": fade, "psnr": psnr}},
-        "metric_directions": {"fade": True, "psnr": False},
-        "efficiency": {"train_seconds": 10.0 + index, "params_total": 1_000_000, "params_trainable": 5000,
-                       "flops_256": 2e9, "runtime_ms_256": 3.0, "peak_mem_mb": 100.0},
-    }
+from harness.report.frame import group_id, groups_of
+from harness.report.render import to_latex, to_markdown
+from harness.report.tables import ablation_table, before_after_table, comparison_table, efficiency_tables
+from tests.report_fixtures import COLLAPSED, SANE, record
 
 
-def test_best_is_bold_by_direction_and_seeds_average():
-    recs = [record("a", 0, 1.0, 20.0, 0), record("a", 1, 2.0, 22.0, 1), record("b", 0, 0.5, None, 2)]
-    headers, rows, starts = comparison_table(recs)
-    assert headers[:3] == ["Method", "FADE↓", "PSNR↑"]
-    a, b = rows
-    assert a[1].startswith("1.5000 ± 0.707")  # mean and sample std of 1.0, 2.0
-    assert b[1] == "**0.5000**"  # lower FADE is better
-    assert b[2] == "n/a"  # no PSNR for b: nothing made up
-    assert a[2].startswith("21.00 ±")  # only one PSNR value: nothing bold
-    md = to_markdown(headers, rows)
-    assert md.count("\n") == 4 and "| b | **0.5000** | n/a |" in md
-    tex = to_latex(headers, rows, starts, "demo")
-    assert r"\textbf{0.5000}" in tex and r"FADE$\downarrow$" in tex and r"$\pm$" in tex
+def _three_methods() -> list[dict]:
+    """pretrained, full_ft (2 seeds), bilalora on benchmarks A and B (FADE lower, Entropy higher)."""
+    return [
+        record({"type": "none"}, "pretrained", {"A": {"fade": 1.50, "entropy": 7.00},
+                                                "B": {"fade": 1.10, "entropy": 7.10}}),
+        record({"type": "full_ft", "steps": 60}, "full_ft", {"A": {"fade": 1.00, "entropy": 7.30},
+                                                            "B": {"fade": 0.60, "entropy": 7.20}}, seed=0),
+        record({"type": "full_ft", "steps": 60}, "full_ft", {"A": {"fade": 1.20, "entropy": 7.10},
+                                                            "B": {"fade": 0.80, "entropy": 7.40}}, seed=1),
+        record({"type": "bilalora", "top_k": 3}, "bilalora", {"A": {"fade": 0.90, "entropy": 7.20},
+                                                             "B": {"fade": 0.95, "entropy": 7.25}}),
+    ]
 
 
-def test_write_report_reads_run_folder(tmp_path):
-    store = RunStore(tmp_path)
-    store.write_record("x1", record("a", 0, 1.0, 20.0, 0))
-    store.write_record("x2", record("b", 0, 3.0, 25.0, 1))
-    paths = write_report(tmp_path)
-    md = paths["md"].read_text()
-    assert "**1.0000**" in md and "**25.00**" in md
-    assert paths["latex"].read_text().startswith(r"\begin{table}")
+def _cells(table, label):
+    row = next(r for r in table.rows if r.label == label)
+    return {c.key: row.cells[c.key] for c in table.columns}
 
 
-def test_figures_from_sweep_and_two_backbones(tmp_path):
-    store = RunStore(tmp_path)
-    i = 0
-    for backbone in ("a-tiny", "b-tiny"):
-        for k in (1, 2, 3):
-            rec = record(f"bilalora[top_k={k}]", 0, 1.0 / k, 20.0 + k, i)
-            rec["cell"]["labels"]["backbone"] = backbone
-            rec["cell"]["method"] = {"type": "bilalora", "top_k": k}
-            store.write_record(f"c{i}", rec)
-            i += 1
-    paths = write_report(tmp_path)
-    for name in ("figure:cross_model", "figure:layer_number"):
-        assert paths[name].stat().st_size > 5000
-    assert "fig_layer_number.png" in paths["md"].read_text()
+def test_comparison_values_marks_and_average_by_hand():
+    table = comparison_table(_three_methods())
+    keys = [c.key for c in table.columns]
+    assert keys == ["A/fade", "A/entropy", "B/fade", "B/entropy", "Average/fade", "Average/entropy"]
+    assert [c.header for c in table.columns[:2]] == ["FADE↓", "Entropy↑"]
+    ft, bila, pre = _cells(table, "full_ft"), _cells(table, "bilalora"), _cells(table, "pretrained")
+    # full_ft: A/fade mean(1.0, 1.2) = 1.1, sample std 0.1414; Average per seed (1.0+0.6)/2=0.8, (1.2+0.8)/2=1.0
+    assert ft["A/fade"].stat.mean == pytest.approx(1.1) and ft["A/fade"].stat.std == pytest.approx(0.141421, 1e-4)
+    assert ft["Average/fade"].stat.mean == pytest.approx(0.9) and ft["Average/fade"].stat.n == 2
+    assert ft["Average/entropy"].stat.mean == pytest.approx((7.25 + 7.25) / 2)
+    assert bila["Average/fade"].stat.mean == pytest.approx(0.925) and bila["Average/fade"].stat.std is None
+    assert pre["Average/entropy"].stat.mean == pytest.approx(7.05)
+    # FADE lower is better: A best bilalora 0.90, second full_ft 1.10; B best full_ft 0.70, second bilalora 0.95
+    assert (bila["A/fade"].mark, ft["A/fade"].mark, pre["A/fade"].mark) == ("best", "second", None)
+    assert (ft["B/fade"].mark, bila["B/fade"].mark) == ("best", "second")
+    assert (ft["Average/fade"].mark, bila["Average/fade"].mark) == ("best", "second")
+    # Entropy higher is better: Average full_ft 7.25 = bilalora 7.225 -> 7.250 vs 7.225 (shown values differ)
+    assert (ft["Average/entropy"].mark, bila["Average/entropy"].mark, pre["Average/entropy"].mark) == \
+        ("best", "second", None)
+    # A/entropy: full_ft 7.20 (mean of 7.3, 7.1) ties bilalora 7.20: both bold, pretrained 7.00 second
+    assert (ft["A/entropy"].mark, bila["A/entropy"].mark, pre["A/entropy"].mark) == ("best", "best", "second")
+    md = to_markdown(table)
+    assert "| bilalora | **0.900** | **7.200** | <u>0.950</u> | <u>7.250</u> | <u>0.925</u> | <u>7.225</u> |" in md
+    assert "**0.900 ± 0.141**" in md  # full_ft's Average FADE with its seed spread
+    tex = to_latex(table)
+    assert r"\textbf{0.900}" in tex and r"\underline{0.950}" in tex and r"\multicolumn{2}{c}{Average}" in tex
+    assert r"\toprule" in tex and r"\bottomrule" in tex and r"FADE$\downarrow$" in tex
 
 
-def test_published_numbers_match_columns_case_insensitively(tmp_path):
-    from pathlib import Path
+def test_same_label_different_cells_stay_apart_and_are_named_by_what_differs():
+    """Issue 8.8: two full_ft cells (60 and 600 steps) used to become one row 'x ± std'."""
+    recs = [record({"type": "full_ft", "steps": 60}, "full_ft", {"A": {"fade": 0.2}}),
+            record({"type": "full_ft", "steps": 600}, "full_ft", {"A": {"fade": 0.4}}),
+            record({"type": "full_ft", "steps": 600}, "full_ft", {"A": {"fade": 0.6}}, seed=1)]
+    table = comparison_table(recs)
+    labels = {r.label: r.cells["A/fade"].stat for r in table.rows}
+    assert set(labels) == {"full_ft [steps=60]", "full_ft [steps=600]"}
+    assert labels["full_ft [steps=60]"].mean == pytest.approx(0.2) and labels["full_ft [steps=60]"].n == 1
+    assert labels["full_ft [steps=600]"].mean == pytest.approx(0.5) and labels["full_ft [steps=600]"].n == 2
 
-    from harness.report.baselines import baselines_markdown, published_table, load_baseline
 
-    paper = Path(__file__).resolve().parents[1] / "baselines" / "bilalora_paper.yaml"
-    headers, rows = published_table(load_baseline(paper), ["rtts/fade", "rtts/psnr", "fattal/entropy"])
-    assert headers == ["Published", "rtts/fade", "fattal/entropy"]
-    ours = next(r for r in rows if r[0].startswith("BiLaLoRA (DEA) (Table 2"))
-    assert ours[1:] == ["0.752", "7.541"]
-    assert baselines_markdown([paper], ["hazy/psnr"]) == ""
+def test_group_id_from_the_record_or_derived_without_seed_and_ids():
+    a = record({"type": "bilalora", "top_k": 2}, "x", {"A": {"fade": 1.0}}, seed=0)
+    b = record({"type": "bilalora", "top_k": 2}, "renamed", {"A": {"fade": 2.0}}, seed=3)
+    b["cell"].update(index=7, id="other", adapt_id="zz")
+    assert group_id(a["cell"]) == group_id(b["cell"])  # seed, index, ids and labels are not identity
+    c = record({"type": "bilalora", "top_k": 3}, "x", {"A": {"fade": 1.0}})
+    assert group_id(c["cell"]) != group_id(a["cell"])
+    given = record({"type": "none"}, "x", {"A": {"fade": 1.0}}, group_id="g-42")
+    assert group_id(given["cell"]) == "g-42"
+    assert len(groups_of([a, b, c])) == 2
 
 
-def test_graft_figure_needs_two_grafted_blocks(tmp_path):
-    from harness.report.figures import graft_figure
+def test_a_rescored_record_of_the_same_seed_adds_metrics_not_a_seed():
+    old = record({"type": "none"}, "p", {"A": {"fade": 1.0}})
+    new = record({"type": "none"}, "p", {"A": {"fade": 1.0, "entropy": 7.0}})
+    new["provenance"]["finished_at"] = "2026-02-01T00:00:00+00:00"
+    (g,) = groups_of([old, new])
+    assert len(g.records) == 1 and g.value("A", "entropy").mean == 7.0 and g.value("A", "fade").n == 1
 
-    source = {"type": "full_ft", "steps": 4}
-    recs = [record("pretrained", 0, 1.0, 20.0, 0), record("full_ft", 0, 0.8, 15.0, 1)]
-    recs[0]["cell"]["method"], recs[1]["cell"]["method"] = {"type": "none"}, source
-    for i, site in enumerate(("block1", "block2")):
-        recs.append(record(f"graft[site={site}]", 0, 0.9, 19.5 + i, 2 + i))
-        recs[-1]["cell"]["method"] = {"type": "graft", "site": site, "source": source}
-    assert graft_figure(recs[:3], tmp_path / "one.png") is None
-    assert graft_figure(recs, tmp_path / "g.png").stat().st_size > 5000
+
+def test_collapsed_method_is_flagged_and_never_marked():
+    recs = _three_methods()
+    for rec in recs:
+        for bench in rec["metrics"].values():
+            bench.update(SANE)
+    for rec in recs[1:3]:  # full_ft: the best FADE on B, by turning everything red
+        rec["metrics"]["B"].update(COLLAPSED)
+    table = comparison_table(recs)
+    ft, bila = _cells(table, "full_ft"), _cells(table, "bilalora")
+    assert all(c.mark is None for c in ft.values())
+    assert bila["B/fade"].mark == "best" and bila["Average/fade"].mark == "best"
+    assert [c.key for c in table.columns[-3:]] == ["Average/lab_shift", "Average/colourfulness_delta",
+                                                   "Average/luma_ssim_input"]
+    assert ft["Average/lab_shift"].stat.mean == pytest.approx((4.0 + 38.0) / 2)  # shown beside the metrics
+    row = next(r for r in table.rows if r.label == "full_ft")
+    assert any("colour cast on B" in f for f in row.flags) and any("structure lost on B" in f for f in row.flags)
+    md = to_markdown(table)
+    assert "| full_ft ⚠ |" in md and "⚠ full_ft: outputs collapsed (colour cast on B (Lab shift 38.0 > 15)" in md
+    assert r"full\_ft \ddag{}" in to_latex(table)
+
+
+def test_efficiency_table_has_the_paper_shape_and_rate():
+    recs = _three_methods()
+    for ft in recs[1:3]:
+        ft["efficiency"].update(train_seconds=4.215 * 3600, params_trainable=3_653_000)
+    recs[3]["efficiency"].update(train_seconds=0.940 * 3600, params_unmerged=3_764_000, params_trainable=110_592)
+    (table,) = efficiency_tables(recs)
+    rows = {r.label: r for r in table.rows}
+    assert [c.header for c in table.columns] == ["full_ft", "bilalora", "Rate"]
+    train = rows["Train time (h)"].cells
+    assert train["g0"].text == "4.215 ± 0.000" and train["g1"].text == "0.940"
+    assert rows["Train time (h)"].cells["rate0"].text == "↓77.70%"  # (0.940 - 4.215) / 4.215
+    assert rows["FADE↓"].cells["rate0"].text == "↑2.78%"  # Average FADE 0.9 -> 0.925
+    # full fine-tuning adds no branch: its unmerged count is its deployed count
+    assert rows["Params (M, unmerged)"].cells["g0"].text.startswith("3.653")
+    assert rows["Params (M, unmerged)"].cells["rate0"].text == "↑3.04%"  # 3.764 / 3.653 - 1
+
+
+def test_ablation_rows_follow_the_paper_order_with_check_marks():
+    recs = [record({"type": "bilalora"}, "bilevel", {"A": {"fade": 0.6}}),
+            record({"type": "manual_lora", "h2c": {"mode": "positive"}}, "pos-manual", {"A": {"fade": 0.9}}),
+            record({"type": "naive_joint", "h2c": {"mode": "negative"}}, "neg-naive", {"A": {"fade": 0.8}}),
+            record({"type": "none"}, "pretrained", {"A": {"fade": 1.0}}),
+            record({"type": "full_ft"}, "full_ft", {"A": {"fade": 0.5}})]
+    table = ablation_table(recs)
+    marks = [(r.label, *(r.cells[k].text for k in ("positive", "negative", "naive", "bilevel"))) for r in table.rows]
+    assert marks == [("pretrained", "×", "×", "×", "×"), ("pos-manual", "✓", "×", "×", "×"),
+                     ("neg-naive", "×", "✓", "✓", "×"), ("bilevel", "✓", "✓", "×", "✓")]
+    assert table.rows[-1].cells["A/fade"].mark == "best"  # full fine-tuning is not an ablation row
+
+
+def test_cross_model_table_ranks_methods_within_each_backbone():
+    recs = []
+    for backbone, (before, after) in {"dea_net": (1.4, 0.8), "msbdn": (1.2, 1.3)}.items():
+        recs.append(record({"type": "none"}, "pretrained", {"A": {"fade": before}}, backbone=backbone))
+        recs.append(record({"type": "bilalora"}, "bilalora", {"A": {"fade": after}}, backbone=backbone))
+    table = before_after_table(recs, "backbone")
+    dea, msbdn = table.rows
+    assert (dea.label, msbdn.label) == ("dea_net-tiny", "msbdn-tiny")
+    assert dea.cells["A/fade|bilalora"].mark == "best" and msbdn.cells["A/fade|pretrained"].mark == "best"
+    assert before_after_table(recs, "pretrain") is None  # one pretraining set: no cross-domain table

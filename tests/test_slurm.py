@@ -62,7 +62,8 @@ def test_a_recipe_runs_as_job_arrays_and_writes_the_report(tmp_path, slurm):
     assert len(re.findall(r"submitted \S+ as job \d+", done.stdout)) == 4
     records = [json.loads(p.read_text()) for p in (tmp_path / "run" / "cells").glob("*.json")]
     assert sorted(r["cell"]["method"]["type"] for r in records) == ["bilalora", "full_ft", "none"]
-    assert (tmp_path / "run" / "report.md").read_text().count("\n| ") == 4
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert all(f"\n| {m} |" in report for m in ("none", "full_ft", "bilalora"))
     logs = list((tmp_path / "run" / "work" / "slurm").glob("harness-tiny-L1-*_*.out"))
     assert len(logs) == 3  # one array task per adaptation
 
