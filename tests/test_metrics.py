@@ -327,20 +327,33 @@ def small_folder(tmp_path, shared_data):
     return hazy, clear
 
 
-def test_score_images_workers_shards_and_batches_agree(small_folder):
+def _folder_metrics():
+    return {"entropy": build_metric("entropy"), "psnr": build_metric("psnr"),
+            "fade_ref": build_metric("fade", impl="pyfade")}
+
+
+def test_score_images_shards_and_batches_agree(small_folder):
     hazy, clear = small_folder
     jobs = [(p.name, p, clear / p.name) for p in list_images(hazy)]
-    metrics = {"entropy": build_metric("entropy"), "psnr": build_metric("psnr"),
-               "fade_ref": build_metric("fade", impl="pyfade")}
+    metrics = _folder_metrics()
     one = score_images(jobs, metrics, workers=1, progress=False, batch_size=1)
     assert list(one.columns) == ["image", "entropy", "psnr", "fade_ref"]
     assert list(one.image) == ["0.png", "1.png", "2.png"] and one.psnr.between(5, 40).all()
-    two = score_images(jobs, metrics, workers=2, progress=False, decode_workers=1)  # pyfade in 2 processes
-    pd.testing.assert_frame_equal(one, two)
+    batched = score_images(jobs, metrics, progress=False, batch_size=8, decode_workers=1)
+    pd.testing.assert_frame_equal(one, batched)
     parts = [score_images(jobs, metrics, shard=(r, 2), progress=False) for r in range(2)]
     pd.testing.assert_frame_equal(pd.concat(parts).sort_index(), one)
     with pytest.raises(HarnessError, match="needs a reference"):
         score_images([hazy / "0.png"], metrics, progress=False)
+
+
+@pytest.mark.slow
+def test_score_images_cpu_metric_workers_agree(small_folder):
+    hazy, clear = small_folder
+    jobs = [(p.name, p, clear / p.name) for p in list_images(hazy)]
+    metrics = _folder_metrics()
+    one = score_images(jobs, metrics, workers=1, progress=False)
+    pd.testing.assert_frame_equal(one, score_images(jobs, metrics, workers=2, progress=False))  # pyfade in 2 processes
 
 
 def test_eval_command_writes_csv_and_checks_its_inputs(small_folder, tmp_path, capsys, monkeypatch):
