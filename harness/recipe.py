@@ -130,10 +130,13 @@ class GuideConfig(Entry):
 
 
 class EvalConfig(Strict):
-    workers: int = Field(1, ge=1)
+    workers: int = Field(1, ge=1)  # processes for the CPU-only metrics (fade impl: pyfade, biqme)
     max_side: int | None = Field(None, ge=16)  # downscale larger images before restoring
     save_outputs: bool = False
     samples: int = Field(4, ge=0)  # input/output PNGs kept per benchmark for the report's image grid
+    batch_size: int | None = Field(None, ge=1)  # same-size images restored together (None: 8 on a GPU, 1 on the CPU)
+    tile: int | None = Field(None, ge=64)  # restore larger images in tiles, as `harness dehaze --tile`
+    overlap: int = Field(32, ge=0)
 
 
 class EngineConfig(Strict):

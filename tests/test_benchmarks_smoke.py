@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -57,3 +58,19 @@ def test_adapt_step_cost_runs(one_thread):
     assert set(ratios) == set(bench.METHODS) and ratios["a"] == pytest.approx(1.0)
     assert all(r > 0 for r in ratios.values())
     assert len(result["run_ratio"]) == 3
+
+
+def test_fade_throughput_compares_both_implementations(shared_data, one_thread):
+    result = _load("fade_throughput").main(["--sets", "kodak", "--limit", "1", "--quiet"])
+    (row,) = result["sets"]["kodak"]["rows"]
+    assert row["abs"] < 1e-9 and row["rel_f32"] >= 0
+    assert set(result["sets"]["kodak"]["images_per_s"]) == {"pyfade", "torch"}
+    assert math.isnan(result["batched_640x480_images_per_s"])  # Kodak's 500x500 photos give no 640x480 crop
+
+
+@pytest.mark.slow
+def test_eval_throughput_times_serial_and_pipeline_scoring(shared_data, one_thread):
+    result = _load("eval_throughput").main(["--count", "2"])
+    assert result["images"] == 2 and set(result["rates"]) == {"serial", "pipeline"}
+    serial, pipeline = result["means"]["serial"], result["means"]["pipeline"]
+    assert abs(serial["fade"] - pipeline["fade"]) < 1e-9 and serial["entropy"] == pipeline["entropy"]

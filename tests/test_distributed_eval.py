@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from torch import nn
 
-from harness import benchmark
+from harness.metrics import scoring as benchmark
 from harness.data.datasets import ImagePair, ImageSet
 from harness.data.io import write_image
 from harness.errors import HarnessError
@@ -123,7 +123,7 @@ SCORE_MODEL_SCRIPT = """
 import json, sys
 from pathlib import Path
 from torch import nn
-from harness.benchmark import score_model
+from harness.metrics.scoring import score_model
 from harness.data.datasets import ImagePair, ImageSet
 from harness.launch.distributed import rank_world
 from harness.metrics import build_metric

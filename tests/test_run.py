@@ -74,8 +74,10 @@ def test_run_rerun_and_what_a_record_holds(tmp_path):
     for rec in by_method.values():
         scores = rec["metrics"]["hard-test"]
         assert 5 < scores["psnr"] < 60 and 0 < scores["ssim"] <= 1 and scores["entropy"] > 0
-        for rel in rec["artifacts"].values():
+        samples = rec["artifacts"].pop("samples")  # {benchmark: [{name, input, output}]}, the agreed interface
+        for rel in [*rec["artifacts"].values(), *(e[k] for e in samples["hard-test"] for k in ("input", "output"))]:
             assert (run / rel).exists(), rel
+        assert {"lab_shift", "colourfulness_delta", "luma_ssim_input"} <= set(scores)
         assert rec["provenance"]["recipe_hash"] and (run / "recipes" / f"{rec['provenance']['recipe_hash']}.yaml").is_file()
         assert rec["provenance"]["inputs"]["benchmarks"]["hard-test"]
     # the guide is the embedded one for the methods that use a loss, and absent for `none`

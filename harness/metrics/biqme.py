@@ -30,7 +30,7 @@ from scipy import ndimage
 
 from harness.errors import HarnessError
 from harness.metrics.base import MetricSpec
-from harness.metrics.iqa import histogram_entropy
+from harness.metrics.iqa import histogram_entropy as _counts_entropy
 from harness.registry import METRICS
 
 N_FEATURES = 17
@@ -44,6 +44,14 @@ FEATURE_NAMES = (
 _SHIFTS = (-60, -40, -20, 20, 40, 60)
 _CE_SIGMA, _CE_KAPPA = 3.25, 0.1
 _CE_TAU = {"gray": 0.2353, "yb": 0.2287, "rg": 0.0528}  # noise thresholds of Groen et al. (2013)
+
+
+def histogram_entropy(levels: np.ndarray) -> float:
+    """Shannon entropy (bits) of the histogram of grey levels, rounded and clipped to 0..255."""
+    import torch
+
+    counts = np.bincount(np.clip(np.round(levels), 0, 255).astype(np.int64).ravel(), minlength=256)
+    return float(_counts_entropy(torch.from_numpy(counts)[None])[0])
 
 
 def _contrast_energy(channel: np.ndarray, tau: float) -> float:
@@ -131,12 +139,14 @@ class Regression:
 
 class Biqme:
     spec = MetricSpec("biqme", lower_better=False, needs_reference=False, score_range=None,
-                      description="BIQME (Gu et al., TNNLS 2017) with a user-supplied regression model")
+                      description="BIQME (Gu et al., TNNLS 2017) with a user-supplied regression model",
+                      on_device=False)
 
     def __init__(self, model: Path):
         self.regression = Regression(model)
 
-    def score(self, image: np.ndarray, reference: np.ndarray | None = None) -> float:
+    def score(self, image: np.ndarray, reference: np.ndarray | None = None,
+              input_image: np.ndarray | None = None) -> float:
         return self.regression(features(image))
 
 

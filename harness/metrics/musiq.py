@@ -1,4 +1,4 @@
-"""MUSIQ (Ke et al., ICCV 2021) via pyiqa, from a local checkpoint only (never downloads)."""
+"""MUSIQ (Ke et al., ICCV 2021) via pyiqa on the batch's device, from a local checkpoint only (never downloads)."""
 
 from __future__ import annotations
 

@@ -9,12 +9,13 @@ A key hashes everything that can change that stage's output and nothing else:
   overrides), the adaptation budget (batch, patch), numerics, the seed, the guide only for
   methods that use a loss, and the key of a ``source`` method's adaptation (grafting);
 - scoring (the cell id): the adaptation key, benchmarks, metrics and the settings that change
-  scores (``eval.max_side``).
+  scores (``eval.max_side``, and ``eval.tile``/``eval.overlap`` when tiling is on).
 
-Labels, the run folder, the strategy (single/DDP/DeepSpeed), ZeRO stage, workers and the number of
-sample images are not part of any key. The content of the data is not either: it is fingerprinted
-when a task runs and checked against what an artifact recorded (``store.artifacts.is_fresh``), so
-a changed image makes the artifacts built on it stale rather than giving them new ids.
+Labels, the run folder, the strategy (single/DDP/DeepSpeed), ZeRO stage, workers, the scoring batch
+size and the number of sample images are not part of any key. The content of the data is not
+either: it is fingerprinted when a task runs and checked against what an artifact recorded
+(``store.artifacts.is_fresh``), so a changed image makes the artifacts built on it stale rather
+than giving them new ids.
 """
 
 from __future__ import annotations
@@ -64,8 +65,11 @@ def adapt_key(recipe: "Recipe", pretrain: str, target: dict[str, Any], method: d
 
 
 def scoring_spec(recipe: "Recipe") -> dict[str, Any]:
+    ev = recipe.eval
+    # tiling changes what is scored; keyed only when on, so untiled cells keep their ids
+    tiles = {"tile": ev.tile, "overlap": ev.overlap} if ev.tile is not None else {}
     return {"benchmarks": [b.spec() for b in recipe.benchmarks], "metrics": [m.spec() for m in recipe.metrics],
-            "max_side": recipe.eval.max_side}
+            "max_side": ev.max_side, **tiles}
 
 
 def score_key(recipe: "Recipe", adapt: str) -> str:

@@ -43,8 +43,8 @@ def current(task: Task, ctx: StageContext) -> bool:
 
 
 def run(task: Task, ctx: StageContext) -> dict[str, Any]:
-    from harness.benchmark import score_model
     from harness.metrics.efficiency import efficiency_figures
+    from harness.metrics.scoring import score_model
     from harness.provenance import environment, git_state, package_versions
 
     if task.id not in ctx.forced and current(task, ctx):
@@ -53,18 +53,20 @@ def run(task: Task, ctx: StageContext) -> dict[str, Any]:
     model, adapted = adapt.load(task.spec["adapt"], cell.backbone, ctx)
     update, finish = ctx.progress.task(task.label or task.id)
     strategy = ctx.strategy
-    means = score_model(
+    ev = ctx.recipe.eval
+    scores = score_model(
         model, _benchmarks(ctx), ctx.metrics(), ctx.store.scores_dir(cell.id), ctx.device,
-        max_side=ctx.recipe.eval.max_side, on_corrupt=ctx.recipe.on_corrupt,
-        save_outputs=ctx.recipe.eval.save_outputs, shard=(strategy.rank, strategy.world),
+        max_side=ev.max_side, on_corrupt=ctx.recipe.on_corrupt, save_outputs=ev.save_outputs,
+        shard=(strategy.rank, strategy.world), batch_size=ev.batch_size, tile=ev.tile, overlap=ev.overlap,
+        workers=ev.workers, samples=ev.samples, relative_to=ctx.store.root,
     )
     finish()
     if not strategy.is_main:
         return {}
     pretrained = sidecar(ctx.store.pretrained_dir(cell.pretrain_id) / pretrain.WEIGHTS)
     record = build_record(
-        cell=cell.model_dump(), recipe_name=ctx.recipe.name, recipe_hash=ctx.plan.recipe_hash, means=means,
-        directions={n: (m.spec.lower_better if m is not None else None) for n, m in ctx.metrics().items()},
+        cell=cell.model_dump(), recipe_name=ctx.recipe.name, recipe_hash=ctx.plan.recipe_hash, means=scores["means"],
+        directions={**{n: None for n in ctx.metrics()}, **scores["directions"]},  # sanity metrics included
         efficiency=efficiency_figures(model, device=ctx.device),
         adapted={**adapted, "target_fingerprint": ctx.fingerprint(cell.target)},
         pretrained=read_json(pretrained) or {}, inputs=inputs(task, ctx), deps=deps(task, ctx),
@@ -73,6 +75,7 @@ def run(task: Task, ctx: StageContext) -> dict[str, Any]:
             "adapted": f"adapted/{cell.adapt_id}/model.safetensors",
             **{k: f"adapted/{cell.adapt_id}/{v}" for k, v in adapted.get("artifacts", {}).items()},
             "scores": f"scores/{cell.id}",
+            "samples": scores["samples"],
         },
         environment={**git_state(), "packages": package_versions(), "environment": environment(),
                      "device": str(ctx.device), "strategy": strategy.describe()},
