@@ -19,7 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from harness.errors import HarnessError
-from harness.registry import BACKBONES, DATASETS, GUIDES, METHODS, METRICS, Registry
+from harness.registry import BACKBONES, DATASETS, GUIDES, METHODS, METRICS, REWEIGHTS, Registry
 
 
 class Strict(BaseModel):
@@ -63,6 +63,36 @@ class H2COverride(Strict):
     mode: Literal["both", "positive", "negative"] | None = None
     positive: str | None = None
     negative: str | None = None
+
+
+class PretrainEntry(Entry):
+    """A pretraining dataset entry; ``reweight: {type: bild, ...}`` (a ``REWEIGHTS`` entry) reweights its
+    patches. ``params`` (the dataset builder's) leave it out; ``spec`` (and so the pretraining id) keeps it."""
+
+    @property
+    def reweight(self) -> dict[str, Any] | None:
+        return (self.model_extra or {}).get("reweight")
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return {k: v for k, v in (self.model_extra or {}).items() if k != "reweight"}
+
+    @property
+    def name(self) -> str:
+        if self.label:
+            return self.label
+        return f"{self.type}+{self.reweight['type']}" if self.reweight is not None else self.type
+
+    def spec(self) -> dict[str, Any]:
+        spec = {"type": self.type, **self.params}
+        if self.reweight is not None:
+            spec["reweight"] = self.reweight
+        return spec
+
+
+def dataset_spec(pretrain: dict[str, Any]) -> dict[str, Any]:
+    """A pretraining spec without its ``reweight`` entry: what builds the dataset."""
+    return {k: v for k, v in pretrain.items() if k != "reweight"}
 
 
 class MethodEntry(Entry):
@@ -113,7 +143,7 @@ class Recipe(Strict):
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     device: str = "auto"
     backbones: list[BackboneEntry] = Field(min_length=1)
-    pretrain: list[Entry] = Field(min_length=1)
+    pretrain: list[PretrainEntry] = Field(min_length=1)
     target: list[Entry] = Field(min_length=1)
     target_split: float = Field(0.5, gt=0, lt=1)
     methods: list[MethodEntry] = Field(min_length=1)
@@ -271,6 +301,10 @@ def _validate_entries(recipe: Recipe, path: Path, root: yaml.Node | None) -> Non
                                    for v in values]
             except HarnessError as err:
                 raise HarnessError(f"{where}: {err}") from None
+    for i, entry in enumerate(recipe.pretrain):
+        if entry.reweight is not None:
+            line = _line_of(root, ("pretrain", i, "reweight"))
+            _validate_reweight(entry.reweight, f"{path}:{line}" if line else str(path), f"pretrain[{i}].reweight")
     guide_params = dict(recipe.guide.params)
     if recipe.guide.type not in GUIDES:
         raise HarnessError(f"{path}: unknown guide {recipe.guide.type!r}", f"use one of: {', '.join(GUIDES.names())}")
@@ -278,6 +312,23 @@ def _validate_entries(recipe: Recipe, path: Path, root: yaml.Node | None) -> Non
         GUIDES.validate(recipe.guide.type, guide_params, where="guide")
     except HarnessError as err:
         raise HarnessError(f"{path}:{_line_of(root, ('guide',)) or '?'}: {err}") from None
+
+
+def _validate_reweight(entry: Any, where: str, key: str) -> None:
+    """Check a ``reweight:`` entry's type and parameters (ranges included: its builder runs); keep
+    its values typed."""
+    if not isinstance(entry, dict) or "type" not in entry:
+        raise HarnessError(f"{where}: {key} must be a mapping with a type", "write e.g. reweight: {type: bild}")
+    if entry["type"] not in REWEIGHTS:
+        raise HarnessError(f"{where}: unknown {REWEIGHTS.kind} {entry['type']!r} in {key}",
+                           f"use one of: {', '.join(REWEIGHTS.names())}")
+    params = {k: v for k, v in entry.items() if k != "type"}
+    try:
+        coerced = REWEIGHTS.validate(entry["type"], params, where=key)
+        REWEIGHTS.build(entry["type"], **coerced)
+    except HarnessError as err:
+        raise HarnessError(f"{where}: {err}") from None
+    entry.update({k: coerced[k] for k in params})
 
 
 def _validated_source(source: dict[str, Any], where: str) -> dict[str, Any]:

@@ -39,8 +39,8 @@ from harness.metrics.efficiency import efficiency_figures, peak_memory
 from harness.models.base import build_backbone
 from harness.pretrain.supervised import pretrain_supervised
 from harness.provenance import environment, git_state, package_versions
-from harness.recipe import Cell, Recipe, adapt_key, expand, stable_hash
-from harness.registry import DATASETS, METHODS
+from harness.recipe import Cell, Recipe, adapt_key, dataset_spec, expand, stable_hash
+from harness.registry import DATASETS, METHODS, REWEIGHTS
 from harness.store import (
     RunStore,
     atomic_write_bytes,
@@ -155,7 +155,7 @@ class RecipeRunner:
             if not weights_ready(path):
                 torch.manual_seed(cell.seed)
                 model = build_backbone(bb["type"], bb["variant"], **extra)
-                data = self.dataset(cell.pretrain)
+                data = self.dataset(dataset_spec(cell.pretrain))
                 if not data.has_reference:
                     raise HarnessError(f"pretraining set {cell.labels['pretrain']} has no clear images",
                                        "pretrain needs a paired dataset (hazy + clear)")
@@ -163,18 +163,26 @@ class RecipeRunner:
                 task, update = self._task(f"pretrain {cell.labels['backbone']} on {cell.labels['pretrain']}",
                                           budget.pretrain_steps)
                 start = time.perf_counter()
-                model, _ = pretrain_supervised(
-                    model, ImageSequence([p.hazy for p in data.pairs]), ImageSequence([p.clear for p in data.pairs]),
-                    steps=budget.pretrain_steps, lr=budget.pretrain_lr, batch_size=budget.batch_size,
-                    patch_size=budget.patch_size, seed=cell.seed, state_path=folder / "state.pt",
-                    checkpoint_every=budget.checkpoint_every, device=self.device, progress=update,
-                )
+                hazy = ImageSequence([p.hazy for p in data.pairs])
+                clear = ImageSequence([p.clear for p in data.pairs])
+                common = dict(steps=budget.pretrain_steps, lr=budget.pretrain_lr, batch_size=budget.batch_size,
+                              patch_size=budget.patch_size, seed=cell.seed, state_path=folder / "state.pt",
+                              checkpoint_every=budget.checkpoint_every, device=self.device, progress=update)
+                reweight, extra_meta = cell.pretrain.get("reweight"), {}
+                if reweight is None:
+                    model, _ = pretrain_supervised(model, hazy, clear, **common)
+                else:  # e.g. BILD: the reweighting network is trained alongside and not deployed
+                    config = REWEIGHTS.build(reweight["type"], **{k: v for k, v in reweight.items() if k != "type"})
+                    model, _, stepper = config.pretrain(model, hazy, clear, artifacts_dir=folder,
+                                                        names=[p.name for p in data.pairs], **common)
+                    extra_meta = {"reweight": stepper.summary(),
+                                  "artifacts": {k: self.store.relative(v) for k, v in stepper.artifacts.items()}}
                 self.progress.remove_task(task)
                 deployed = model.deploy()
                 save_weights(path, deployed, {
                     "backbone": bb["type"], "variant": bb["variant"], "options": extra, "form": "deploy",
                     "pretrain": cell.pretrain, "seed": cell.seed, "train_seconds": time.perf_counter() - start,
-                    "data_fingerprint": data.fingerprint(),
+                    "data_fingerprint": data.fingerprint(), **extra_meta,
                 })
                 (folder / "state.pt").unlink(missing_ok=True)
         model = build_backbone(bb["type"], bb["variant"], **extra).deploy()
@@ -298,6 +306,7 @@ class RecipeRunner:
             "artifacts": {
                 "pretrained": self.store.relative(self.store.pretrained_dir(cell.pretrain_id) / "model.safetensors"),
                 "adapted": self.store.relative(self.store.adapted_dir(cell.adapt_id) / "model.safetensors"),
+                **pre_info.get("artifacts", {}),  # the pretraining's own files (BILD's patch weights)
                 **meta.get("artifacts", {}),
             },
         }
@@ -337,7 +346,7 @@ class RecipeRunner:
     def _prepare(self, todo: list[Cell]) -> None:
         """Fail before any training: check every dataset, metric and (if needed) the guide."""
         for cell in todo:
-            self.dataset(cell.pretrain)
+            self.dataset(dataset_spec(cell.pretrain))
             self.dataset(cell.target)
         if todo:
             for entry in self.recipe.benchmarks:

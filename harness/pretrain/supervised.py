@@ -69,12 +69,17 @@ def pretrain_supervised(
     device: torch.device | None = None,
     progress: Callable[[int, int, dict[str, float]], None] | None = None,
     strategy: Strategy | None = None,
+    make_stepper: Callable[..., Any] = SupervisedStepper,
 ) -> tuple[nn.Module, LoopResult]:
-    """Train ``model`` to map hazy patches to clear ones; resumes from ``state_path`` if present."""
+    """Train ``model`` to map hazy patches to clear ones; resumes from ``state_path`` if present.
+
+    ``make_stepper(model, hazy, clear, steps=, lr=, batch_size=, patch_size=, strategy=)`` makes the
+    loop's stepper: plain L1 by default, or a reweighting one (``harness.pretrain.bild``).
+    """
     strategy = strategy or (Strategy(device) if device is not None else current_strategy())
     model.to(strategy.device).train()
-    stepper = SupervisedStepper(model, hazy, clear, steps=steps, lr=lr, batch_size=batch_size,
-                                patch_size=patch_size, strategy=strategy)
+    stepper = make_stepper(model, hazy, clear, steps=steps, lr=lr, batch_size=batch_size, patch_size=patch_size,
+                           strategy=strategy)
     loop = TrainLoop("pretraining", steps, state_path, seed=seed, checkpoint_every=checkpoint_every,
                      progress=progress, strategy=strategy,
                      nan_fix="lower budget.pretrain_lr or check the pretraining images")
