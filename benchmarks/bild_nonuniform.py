@@ -1,6 +1,6 @@
 """BILD against plain L1 pretraining on strongly non-uniform haze whose transmission is known.
 
-Data: the 24 Kodak photos (``../shared/data/clean_kodak24``) at 1/4 size (192x128); depth from
+Data: the 24 Kodak photos (``../shared/data/clean_kodak24``, 500x500 crops) resized to 128x128; depth from
 ``synth.estimate_depth``; haze by the scattering model with a scattering coefficient that a smooth
 random field (``synth.random_field``) modulates 0.1x..2.3x across the image, so one photo holds
 near-clear and dense patches: ``t = exp(-beta(x) (0.3 + 0.7 d(x)))``, grey airlight A in
@@ -12,8 +12,9 @@ For each backbone (tiny), method and seed this trains with the harness's own pre
 test pairs PSNR/SSIM (the harness's pyiqa metrics), PSNR over the dense-haze pixels (1 - t > 0.6),
 and for BILD the correlation between each 32-px training tile's learned weight and its haze density
 mean(1 - t) (and with the trained model's L1 on that tile). Methods: ``l1`` (all 32 pairs),
-``bild`` (objective validation: 10% of the pairs held out for the outer loop) and ``bild_train``
-(objective training: Table 3's ablation). Each finished run is a JSON under ``--out/runs`` and is
+``l1_90`` (L1 on BILD's 90% training split: what BILD's inner loop sees), ``bild`` (objective
+validation: 10% of the pairs held out for the outer loop) and ``bild_train`` (objective training:
+Table 3's ablation, no pairs held out). Each finished run is a JSON under ``--out/runs`` and is
 reused by a rerun with the same settings; the summary goes to ``--out/summary.md`` and the
 restored test images (L1 beside BILD) to ``--out/grid_<backbone>.png``.
 
@@ -41,13 +42,14 @@ from harness.errors import HarnessError
 from harness.metrics.base import build_metric
 from harness.models import build_backbone
 from harness.plugins import load_plugins
-from harness.pretrain.bild import patch_weight_maps, per_patch_loss, tiles
+from harness.pretrain.bild import patch_weight_maps, per_patch_loss, split_pairs, tiles
 from harness.pretrain.supervised import pretrain_supervised
 from harness.registry import REWEIGHTS
 
 KODAK = Path(__file__).resolve().parents[2] / "shared" / "data" / "clean_kodak24"
-METHODS = ("l1", "bild", "bild_train")
+METHODS = ("l1", "l1_90", "bild", "bild_train")
 DENSE = 0.6  # 1 - t above this counts as dense haze
+SIZE = 128  # the 500x500 Kodak crops, resized
 
 
 def haze(clear: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -66,8 +68,7 @@ def build_pairs(folder: Path, photos: list[Path], copies: int, seed: int) -> lis
     pairs = []
     for photo in photos:
         image = read_image(photo)
-        h, w = image.shape[0] // 4, image.shape[1] // 4
-        clear = np.clip(resize(image, (h, w), anti_aliasing=True), 0, 1).astype(np.float32)
+        clear = np.clip(resize(image, (SIZE, SIZE), anti_aliasing=True), 0, 1).astype(np.float32)
         for k in range(copies):
             name = f"{photo.stem}_{k}"
             paths = {key: folder / f"{name}_{key}.{ext}" for key, ext in (("clear", "png"), ("hazy", "png"),
@@ -126,7 +127,7 @@ def correlations(reweighter, model, hazy, clear, ts, size: int) -> dict[str, flo
             "spearman_weight_tile_l1": float(stats.spearmanr(w, l).statistic),
             "spearman_density_tile_l1": float(stats.spearmanr(d, l).statistic),
             "weight_min": float(w.min()), "weight_max": float(w.max()), "weight_std": float(w.std()),
-            "tiles": int(len(w))}
+            "tiles": len(w)}
 
 
 def run_one(backbone: str, method: str, seed: int, args, train, test, work: Path) -> dict:
@@ -137,11 +138,13 @@ def run_one(backbone: str, method: str, seed: int, args, train, test, work: Path
                   state_path=work / "state.pt", checkpoint_every=args.steps + 1)
     start = time.perf_counter()
     info: dict = {}
-    if method == "l1":
-        model, result = pretrain_supervised(model, hazy, clear, **common)
+    if method in ("l1", "l1_90"):
+        keep = split_pairs(len(hazy), 0.1)[0] if method == "l1_90" else list(range(len(hazy)))
+        model, result = pretrain_supervised(model, [hazy[i] for i in keep], [clear[i] for i in keep], **common)
     else:
         objective = "validation" if method == "bild" else "training"
-        config = REWEIGHTS.build("bild", alpha=args.alpha, lr=args.outer_lr, objective=objective)
+        config = REWEIGHTS.build("bild", alpha=args.alpha, lr=args.outer_lr, objective=objective,
+                                 reward=args.reward)
         model, result, stepper = config.pretrain(model, hazy, clear, **common)
         info = {**stepper.summary(), **correlations(stepper.reweighter, model, hazy, clear, ts, args.patch)}
     seconds = time.perf_counter() - start
@@ -192,8 +195,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--batch", type=int, default=10, help="paper: 10")
     parser.add_argument("--patch", type=int, default=32)
-    parser.add_argument("--alpha", type=float, default=0.02)
-    parser.add_argument("--outer-lr", type=float, default=0.1, help="paper: 0.1")
+    parser.add_argument("--alpha", type=float, default=1.0)
+    parser.add_argument("--outer-lr", type=float, default=0.01, help="paper: 0.1 (collapses f_w here)")
+    parser.add_argument("--reward", choices=("raw", "standardised"), default="raw")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -205,7 +209,7 @@ def main(argv: list[str] | None = None) -> dict:
     train = load(build_pairs(data / "train", photos[:16], 2, seed=1))
     test_pairs = build_pairs(data / "test", photos[16:], 2, seed=2)
     test = load(test_pairs)
-    settings = {k: getattr(args, k) for k in ("steps", "lr", "batch", "patch", "alpha", "outer_lr")}
+    settings = {k: getattr(args, k) for k in ("steps", "lr", "batch", "patch", "alpha", "outer_lr", "reward")}
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
     results = []
     for backbone in args.models.split(","):
@@ -220,9 +224,15 @@ def main(argv: list[str] | None = None) -> dict:
                     print(f"{backbone} {method} seed {seed}: {res['scores']} ({res['seconds']:.0f} s)", flush=True)
                 results.append(json.loads(record.read_text()))
 
-    lines = [f"settings: {settings}; train {len(train[0])} pairs, test {len(test[0])} pairs", "",
-             "| backbone | method | PSNR | SSIM | PSNR dense (1-t>0.6) | spearman(w, 1-t) | spearman(w, tile L1) "
-             "| w range | train s |", "|---|---|---|---|---|---|---|---|---|"]
+    psnr, ssim = build_metric("psnr"), build_metric("ssim")
+    hazy_in = [to_array(h) for h in test[0]]
+    refs = [to_array(c) for c in test[1]]
+    identity = [f"{np.mean([m.score(h, r) for h, r in zip(hazy_in, refs)]):.3f}" for m in (psnr, ssim)]
+    identity.append(f"{np.nanmean([dense_psnr(h, r, t) for h, r, t in zip(hazy_in, refs, test[2])]):.3f}")
+    lines = [f"settings: {settings}; train {len(train[0])} pairs, test {len(test[0])} pairs; mean ± std over seeds",
+             "", "| backbone | method | PSNR | SSIM | PSNR dense (1-t>0.6) | spearman(w, 1-t) | spearman(w, tile L1) "
+             "| w range | train s |", "|---|---|---|---|---|---|---|---|---|",
+             "| (hazy input) | | " + " | ".join(identity) + " | | | | |"]
     for backbone in args.models.split(","):
         for method in args.methods.split(","):
             rs = [r for r in results if r["backbone"] == backbone and r["method"] == method]

@@ -14,16 +14,22 @@ No public code exists; the paper (Eqs. 4-7, Algorithm 1) is the specification. E
    held-out split, ``val_fraction`` of the pairs), averaged over ranks;
 5. all ``n`` dot products ``<grad l_i(theta_{t-1}), g_v>`` from ONE forward-mode pass: they are the
    directional derivatives of the per-patch losses along ``g_v``, i.e. ``torch.func.jvp`` of
-   ``theta -> [l_1, ..., l_n]`` at ``theta_{t-1}`` with tangent ``g_v`` (no per-patch backward);
-6. reward (Eq. 6) ``R_i = w_i [<g_v, grad l_i> - alpha dOmega/dw_i]`` and the REINFORCE update
+   ``theta -> [l_1, ..., l_n]`` at ``theta_{t-1}`` with tangent ``g_v`` (no per-patch backward),
+   replaying step 3's random draws (drop-path masks) so it differentiates the loss step 3 used;
+6. reward (Eq. 6) ``R_i = w_i [<g_v, grad l_i> - alpha dOmega/dp_i]`` and the REINFORCE update
    (Eq. 7) ``phi <- phi + eta_2 (1/n) sum_i R_i grad log w_i`` (Adam on the surrogate
    ``-(1/n) sum_i sg(R_i) log w_i``).
 
 The entropy sign: Eq. 4 minimises ``J_e + alpha Omega``; taking ``Omega = H`` literally would
 *reward* concentrated weights, the opposite of the paper's stated intent (max-entropy RL, "prevent
-over concentration"). We use ``Omega = -H(p)``, so ``-alpha dOmega/dw_i = alpha dH/dw_i =
--alpha (log p_i + H) / n``: patches above their share lose reward. The paper drops the inner
-learning rate from Eq. 6; so do we, so ``alpha`` is measured against raw gradient dot products.
+over concentration"). We use ``Omega = -H(p)``, so the penalty term is ``+alpha dH/dp_i =
+-alpha (log p_i + H)``: patches above their share lose reward. It is taken per unit of share
+``p_i`` (``n dOmega/dw_i``), which keeps ``alpha`` independent of the batch size: at a fixed point
+of the expected outer update (f_w free to set each logit) the shares are
+``p_i ~ exp(<g_v, grad l_i> / alpha)``, so ``alpha`` is a temperature in units of the dot products. The paper drops the inner learning rate from Eq. 6, and
+so do we (``reward: raw``); ``reward: standardised`` divides the dot products by their standard
+deviation over the batch (they shrink by orders of magnitude as training converges), which makes
+``alpha`` a unit-free temperature.
 
 ``objective: training`` is Table 3's ablation: no held-out split (the validation pairs join the
 training pool, as the paper does) and ``J_e`` is taken on a second batch drawn from the training
@@ -38,7 +44,6 @@ for the paper's Fig. 7-style figure.
 
 from __future__ import annotations
 
-import json
 import math
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -46,13 +51,12 @@ from pathlib import Path
 from typing import Any, Iterator, Literal, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from harness.data.patches import sample_patches
+from harness.engine.loop import LoopResult
 from harness.engine.strategy import Strategy
 from harness.errors import HarnessError
-from harness.engine.loop import LoopResult
 from harness.pretrain.supervised import SupervisedStepper, pretrain_supervised
 from harness.registry import REWEIGHTS
 
@@ -65,21 +69,21 @@ class Reweighter(nn.Module):
     """f_w: a small strided conv net on the concatenated (hazy, clear) pair -> one logit per patch.
 
     The paper gives its architecture only in the supplement (not available); this one sees the pair
-    at 1/2, 1/4 and 1/8 resolution and pools globally. The last layer starts at zero, so training
-    starts from uniform weights (plain L1, maximum entropy).
+    at 1/2, 1/4 and 1/8 resolution and pools globally. Leaky ReLUs: with plain ReLUs a large outer
+    step can silence every unit, and a constant f_w means uniform weights (plain L1) without a sign.
+    The last layer starts at zero, so training starts from uniform weights (maximum entropy).
     """
 
     def __init__(self, hidden: int = 16):
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(6, hidden, 3, stride=2, padding=1), nn.ReLU(),
-            nn.Conv2d(hidden, 2 * hidden, 3, stride=2, padding=1), nn.ReLU(),
-            nn.Conv2d(2 * hidden, 2 * hidden, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Conv2d(6, hidden, 3, stride=2, padding=1), nn.LeakyReLU(0.1),
+            nn.Conv2d(hidden, 2 * hidden, 3, stride=2, padding=1), nn.LeakyReLU(0.1),
+            nn.Conv2d(2 * hidden, 2 * hidden, 3, stride=2, padding=1), nn.LeakyReLU(0.1),
             nn.AdaptiveAvgPool2d(1), nn.Flatten(),
         )
-        self.score = nn.Linear(2 * hidden, 1)
+        self.score = nn.Linear(2 * hidden, 1, bias=False)  # a common shift of the logits changes no weight
         nn.init.zeros_(self.score.weight)
-        nn.init.zeros_(self.score.bias)
 
     def forward(self, hazy: torch.Tensor, clear: torch.Tensor) -> torch.Tensor:
         return self.score(self.features(torch.cat([hazy, clear], dim=1))).squeeze(1)
@@ -117,6 +121,23 @@ def batch_norm_frozen_stats(model: nn.Module) -> Iterator[None]:
     finally:
         for m in norms:
             m.track_running_stats = True
+
+
+def rng_snapshot(device: torch.device) -> dict[str, Any]:
+    """torch's CPU (and ``device``'s CUDA) RNG state, to replay a forward's random draws."""
+    cuda = {device.index or 0: torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}
+    return {"cpu": torch.get_rng_state(), "cuda": cuda}
+
+
+@contextmanager
+def replayed_rng(snapshot: dict[str, Any]) -> Iterator[None]:
+    """Run a block from a captured RNG state (same dropout/drop-path masks), then continue the
+    stream where it was, so the extra pass leaves the run's random sequence unchanged."""
+    with torch.random.fork_rng(devices=list(snapshot["cuda"])):
+        torch.set_rng_state(snapshot["cpu"])
+        for index, state in snapshot["cuda"].items():
+            torch.cuda.set_rng_state(state, index)
+        yield
 
 
 def per_patch_loss(loss: str, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -172,7 +193,7 @@ class BILD:
     """BILD's settings (the ``reweight: {type: bild, ...}`` entry of a pretraining set)."""
 
     alpha: float = 1.0
-    lr: float = 0.1
+    lr: float = 0.01
     val_fraction: float = 0.1
     objective: Objective = "validation"
     val_batch_size: int | None = None
@@ -203,11 +224,12 @@ class BILD:
 
 
 @REWEIGHTS.register("bild")
-def bild(alpha: float = 1.0, lr: float = 0.1, val_fraction: float = 0.1, objective: Objective = "validation",
+def bild(alpha: float = 1.0, lr: float = 0.01, val_fraction: float = 0.1, objective: Objective = "validation",
          val_batch_size: int | None = None, hidden: int = 16, reward: Reward = "raw") -> BILD:
-    """BILD patch reweighting: ``alpha`` entropy weight, ``lr`` the reweighting network's Adam lr
-    (paper 0.1), ``val_fraction`` of the pairs held out for the outer objective (paper 0.1),
-    ``objective`` validation (BILD) or training (Table 3's ablation), ``val_batch_size`` (default:
+    """BILD patch reweighting: ``alpha`` the entropy term's weight (a temperature, see the module
+    docstring), ``lr`` the reweighting network's Adam lr (the paper's 0.1 put all the weight on one
+    patch within 10 steps, or froze f_w, on tiny AOD-Net/FFA-Net; 0.01 keeps the weights spread),
+    ``val_fraction`` of the pairs held out for the outer objective (paper 0.1), ``objective`` validation (BILD) or training (Table 3's ablation), ``val_batch_size`` (default:
     the training batch size), ``hidden`` f_w's width, ``reward`` raw (the paper's dot products) or
     standardised (divided by their standard deviation over the batch, so ``alpha`` is unit-free)."""
     if alpha < 0 or lr <= 0 or hidden < 1 or (val_batch_size is not None and val_batch_size < 1):
@@ -228,9 +250,10 @@ class BILDStepper(SupervisedStepper):
         self.config = config
         if config.objective == "validation":
             train, held = split_pairs(len(hazy), config.val_fraction)
-        else:
+            self.held_out = held
+        else:  # Table 3: the validation pairs join the training pool, which also serves the outer loop
             train = held = list(range(len(hazy)))
-        self.held_out = held if config.objective == "validation" else []
+            self.held_out = []
         super().__init__(model, _Rows(hazy, train), _Rows(clear, train), steps=steps, lr=lr,
                          batch_size=batch_size, patch_size=patch_size, strategy=strategy, loss=loss)
         self.loss_name = loss
@@ -257,6 +280,7 @@ class BILDStepper(SupervisedStepper):
         w = batch_weights(self.weigher.module(x, y))  # global batch on every rank: global normalisation
         w_mine, x_mine, y_mine = shard(w), shard(x), shard(y)
         before = {name: p.detach().clone() for name, p in self.named}
+        draws = rng_snapshot(self.strategy.device)  # the jvp replays this forward's random masks
 
         losses = per_patch_loss(self.loss_name, self.trained.module(x_mine), y_mine)
         weighted = (w_mine.detach() * losses).mean()
@@ -265,10 +289,13 @@ class BILDStepper(SupervisedStepper):
         self.schedule.step()
 
         val_loss = per_patch_loss(self.loss_name, model(shard(xv)), shard(yv)).mean()
-        g_v = list(torch.autograd.grad(val_loss, [p for _, p in self.named]))
+        params = [p for _, p in self.named]
+        g_v = [torch.zeros_like(p) if g is None else g  # parameters no forward uses (DeHamer has some)
+               for p, g in zip(params, torch.autograd.grad(val_loss, params, allow_unused=True))]
         self.strategy.all_reduce_mean(g_v)
-        dots = per_patch_dots(model, before, {name: g for (name, _), g in zip(self.named, g_v)},
-                              x_mine, y_mine, self.loss_name)
+        with replayed_rng(draws):
+            dots = per_patch_dots(model, before, {name: g for (name, _), g in zip(self.named, g_v)},
+                                  x_mine, y_mine, self.loss_name)
 
         with torch.no_grad():
             signal = dots / self._global_std(dots) if self.config.reward == "standardised" else dots
@@ -291,11 +318,6 @@ class BILDStepper(SupervisedStepper):
 
     # ------------------------------------------------------------ after training
 
-    def patch_weight_maps(self, hazy: Sequence[torch.Tensor], clear: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """Per image, f_w's weights of its non-overlapping ``patch_size`` tiles (rows x cols), normalised
-        like a training batch over that image's tiles (mean 1)."""
-        return patch_weight_maps(self.reweighter, hazy, clear, self.patch_size, self.strategy.device)
-
     def export(self, folder: Path, hazy: Sequence[torch.Tensor], clear: Sequence[torch.Tensor], names: list[str],
                limit: int = 8) -> dict[str, Path]:
         """Write f_w (``reweighter.safetensors``), the tile weights of the first ``limit`` images
@@ -303,14 +325,15 @@ class BILDStepper(SupervisedStepper):
         from harness.store import atomic_write_json, save_weights
 
         folder = Path(folder)
-        maps = self.patch_weight_maps(_Rows(hazy, list(range(min(limit, len(hazy))))),
-                                      _Rows(clear, list(range(min(limit, len(clear))))))
+        first = list(range(min(limit, len(hazy))))
+        maps = patch_weight_maps(self.reweighter, _Rows(hazy, first), _Rows(clear, first), self.patch_size,
+                                 self.strategy.device)
         save_weights(folder / "reweighter.safetensors", self.reweighter, {"bild": asdict(self.config)})
         atomic_write_json(folder / "patch_weights.json", {
             "patch_size": self.patch_size, "normalisation": "n * softmax over the image's tiles (mean 1)",
             "images": [{"name": n, "weights": m.tolist()} for n, m in zip(names, maps)],
         })
-        patch_weight_figure([hazy[i] for i in range(len(maps))], maps, self.patch_size, folder / "patch_weights.png")
+        patch_weight_figure(_Rows(hazy, first), maps, self.patch_size, folder / "patch_weights.png")
         self.artifacts = {k: folder / f for k, f in (("reweighter", "reweighter.safetensors"),
                                                      ("patch_weights", "patch_weights.json"),
                                                      ("patch_weights_figure", "patch_weights.png"))}
@@ -351,21 +374,23 @@ def patch_weight_figure(hazy: Sequence[torch.Tensor], maps: list[torch.Tensor], 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from matplotlib.colors import TwoSlopeNorm
+
     fig, axes = plt.subplots(len(maps), 2, figsize=(6, 3 * len(maps)), squeeze=False)
-    top = max(float(m.max()) for m in maps)
+    low, high = min(float(m.min()) for m in maps), max(float(m.max()) for m in maps)
+    norm = TwoSlopeNorm(vcenter=1.0, vmin=min(low, 0.99), vmax=max(high, 1.01))  # white = the batch average
     for row, (image, weights) in zip(axes, zip(hazy, maps)):
         rows, cols = weights.shape
         row[0].imshow(image[:, :rows * size, :cols * size].permute(1, 2, 0).clamp(0, 1).numpy())
-        shown = row[1].imshow(weights.numpy(), cmap="magma", vmin=0, vmax=top)
+        shown = row[1].imshow(weights.numpy(), cmap="coolwarm", norm=norm)
         for (r, c), v in zip(((r, c) for r in range(rows) for c in range(cols)), weights.flatten().tolist()):
-            row[1].text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=7,
-                        color="white" if v < 0.6 * top else "black")
+            row[1].text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=7)
         for ax in row:
             ax.set_xticks([])
             ax.set_yticks([])
         fig.colorbar(shown, ax=row[1], fraction=0.046)
     axes[0][0].set_title("hazy")
-    axes[0][1].set_title("BILD weight per patch (mean 1)")
+    axes[0][1].set_title("BILD weight per patch (mean 1)", fontsize=9)
     fig.tight_layout()
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100)
