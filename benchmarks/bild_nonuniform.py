@@ -15,8 +15,9 @@ mean(1 - t) (and with the trained model's L1 on that tile). Methods: ``l1`` (all
 ``l1_90`` (L1 on BILD's 90% training split: what BILD's inner loop sees), ``bild`` (objective
 validation: 10% of the pairs held out for the outer loop) and ``bild_train`` (objective training:
 Table 3's ablation, no pairs held out). Each finished run is a JSON under ``--out/runs`` and is
-reused by a rerun with the same settings; the summary goes to ``--out/summary.md`` and the
-restored test images (L1 beside BILD) to ``--out/grid_<backbone>.png``.
+reused by a rerun with the same settings; the summary goes to ``--out/summary.md``, the
+restored test images (L1 beside BILD) to ``--out/grid_<backbone>.png`` and, per BILD run, the
+training tiles' density beside their learned weight to ``runs/<run>/patch_weights.png``.
 
     OMP_NUM_THREADS=1 python benchmarks/bild_nonuniform.py --out results/bild_nonuniform
     python benchmarks/bild_nonuniform.py --steps 20 --seeds 0 --models aod_net --out /tmp/bild_smoke
@@ -147,6 +148,9 @@ def run_one(backbone: str, method: str, seed: int, args, train, test, work: Path
                                  reward=args.reward)
         model, result, stepper = config.pretrain(model, hazy, clear, **common)
         info = {**stepper.summary(), **correlations(stepper.reweighter, model, hazy, clear, ts, args.patch)}
+        torch.save(stepper.reweighter.state_dict(), work / "reweighter.pt")
+        weight_density_figure(stepper.reweighter, hazy[:6], clear[:6], ts[:6], args.patch,
+                              work / "patch_weights.png")
     seconds = time.perf_counter() - start
     (work / "state.pt").unlink(missing_ok=True)
     outputs = restore(model, test[0])
@@ -158,6 +162,36 @@ def run_one(backbone: str, method: str, seed: int, args, train, test, work: Path
     np.save(work / "outputs.npy", np.stack(outputs))
     return {"backbone": backbone, "method": method, "seed": seed, "seconds": seconds, "scores": scores,
             "bild": info, "curve": result.curve}
+
+
+def weight_density_figure(reweighter, hazy, clear, ts, size: int, out: Path) -> None:
+    """Fig. 7 style, with the ground truth beside it: hazy | tile haze density mean(1 - t) | tile weight."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    maps = patch_weight_maps(reweighter, hazy, clear, size)
+    fig, axes = plt.subplots(len(maps), 3, figsize=(7.5, 2.4 * len(maps)), squeeze=False)
+    top = max(float((m - 1).abs().max()) for m in maps)
+    for row, h, t, m in zip(axes, hazy, ts, maps):
+        density = tile_density(t, size)
+        row[0].imshow(to_array(h))
+        row[1].imshow(density, cmap="gray_r", vmin=0, vmax=1)
+        row[2].imshow(m.numpy(), cmap="coolwarm", vmin=1 - top, vmax=1 + top)
+        for r in range(density.shape[0]):
+            for c in range(density.shape[1]):
+                row[1].text(c, r, f"{density[r, c]:.2f}", ha="center", va="center", fontsize=6,
+                            color="white" if density[r, c] > 0.5 else "black")
+                row[2].text(c, r, f"{float(m[r, c]):.2f}", ha="center", va="center", fontsize=6)
+        for ax in row:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    for ax, title in zip(axes[0], ("hazy", "haze density 1 - t (tile mean)", "BILD weight (mean 1 per image)")):
+        ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
 
 
 def image_grid(rows: list[list[np.ndarray]], labels: list[str], out: Path) -> None:
