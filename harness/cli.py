@@ -9,7 +9,6 @@ stopped by SIGTERM/SIGUSR1 (its state saved) exits with 75 so a scheduler can re
 from __future__ import annotations
 
 import importlib
-import sys
 from pathlib import Path
 from typing import List, Optional
 

@@ -11,6 +11,7 @@ PLUGIN_MODULES = (
     "harness.data.datasets",
     "harness.metrics",
     "harness.guide",
+    "harness.pretrain.bild",
 )
 
 

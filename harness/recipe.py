@@ -63,6 +63,36 @@ class H2COverride(Strict):
     negative: str | None = None
 
 
+class PretrainEntry(Entry):
+    """A pretraining dataset entry; ``reweight: {type: bild, ...}`` (a ``REWEIGHTS`` entry) reweights its
+    patches. ``params`` (the dataset builder's) leave it out; ``spec`` (and so the pretraining id) keeps it."""
+
+    @property
+    def reweight(self) -> dict[str, Any] | None:
+        return (self.model_extra or {}).get("reweight")
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return {k: v for k, v in (self.model_extra or {}).items() if k != "reweight"}
+
+    @property
+    def name(self) -> str:
+        if self.label:
+            return self.label
+        return f"{self.type}+{self.reweight['type']}" if self.reweight is not None else self.type
+
+    def spec(self) -> dict[str, Any]:
+        spec = {"type": self.type, **self.params}
+        if self.reweight is not None:
+            spec["reweight"] = self.reweight
+        return spec
+
+
+def dataset_spec(pretrain: dict[str, Any]) -> dict[str, Any]:
+    """A pretraining spec without its ``reweight`` entry: what builds the dataset."""
+    return {k: v for k, v in pretrain.items() if k != "reweight"}
+
+
 class MethodEntry(Entry):
     # sweep: {param: [values]} expands into one cell per combination (e.g. top_k: [1, 2, 3])
     sweep: dict[str, list[Any]] = Field(default_factory=dict)
@@ -176,7 +206,7 @@ class Recipe(Strict):
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     device: str = "auto"
     backbones: list[BackboneEntry] = Field(min_length=1)
-    pretrain: list[Entry] = Field(min_length=1)
+    pretrain: list[PretrainEntry] = Field(min_length=1)
     target: list[Entry] = Field(min_length=1)
     target_split: float = Field(0.5, gt=0, lt=1)
     methods: list[MethodEntry] = Field(min_length=1)

@@ -24,7 +24,7 @@ from rich.markup import escape
 from harness.errors import HarnessError
 from harness.plan.ids import stable_hash
 from harness.recipe import Entry, H2COverride, MethodEntry, Recipe, _line_of, missing_paths
-from harness.registry import BACKBONES, DATASETS, GUIDES, METHODS, METRICS, CheckContext
+from harness.registry import BACKBONES, DATASETS, GUIDES, METHODS, METRICS, REWEIGHTS, CheckContext
 
 DATA_KEYS = ("pretrain", "target", "benchmarks")
 
@@ -58,6 +58,7 @@ def validate_recipe(recipe: Recipe, path: Path, root: yaml.Node | None, check_pa
     for key, registry in (("pretrain", DATASETS), ("target", DATASETS), ("benchmarks", DATASETS),
                           ("methods", METHODS), ("metrics", METRICS)):
         _validate_group(recipe, at, key, registry, context)
+    _validate_reweights(recipe, at)
     _validate_guide(recipe, at, context, warn_only=not check_paths)
     _check_unique(recipe, at)
     _default_on_corrupt(recipe)
@@ -113,6 +114,27 @@ def _validated_source(source: dict[str, Any], where: str, context: CheckContext)
         except pydantic.ValidationError as err:
             raise HarnessError(f"bad value for {where}.h2c: {err.errors()[0]['msg']}") from None
     return spec
+
+
+def _validate_reweights(recipe: Recipe, at: _At) -> None:
+    """Each pretraining entry's ``reweight:`` (a ``REWEIGHTS`` entry) checked by its builder; values typed."""
+    for i, entry in enumerate(recipe.pretrain):
+        reweight, key = entry.reweight, f"pretrain[{i}].reweight"
+        if reweight is None:
+            continue
+        where = at("pretrain", i, "reweight")
+        if not isinstance(reweight, dict) or "type" not in reweight:
+            raise HarnessError(f"{where}: {key} must be a mapping with a type", "write e.g. reweight: {type: bild}")
+        if reweight["type"] not in REWEIGHTS:
+            raise HarnessError(f"{where}: unknown {REWEIGHTS.kind} {reweight['type']!r} in {key}",
+                               f"use one of: {', '.join(REWEIGHTS.names())}")
+        params = {k: v for k, v in reweight.items() if k != "type"}
+        try:
+            coerced = REWEIGHTS.validate(reweight["type"], params, where=key)
+            REWEIGHTS.build(reweight["type"], **coerced)  # its range checks
+        except HarnessError as err:
+            raise HarnessError(f"{where}: {err}") from None
+        reweight.update({k: coerced[k] for k in params})
 
 
 def _meta_backbones(recipe: Recipe, at: _At) -> dict[str, Any]:

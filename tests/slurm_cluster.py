@@ -73,7 +73,6 @@ def start(folder: Path, timeout: float = 60.0):
     socket_path = folder / "munge" / "munge.socket"
     if not key.is_file():
         subprocess.run(["mungekey", "--create", "--keyfile", str(key)], capture_output=True)
-    procs = []
     munge = subprocess.run(["munged", "--force", f"--socket={socket_path}", f"--pid-file={folder}/munge/munged.pid",
                             f"--log-file={folder}/munge/munged.log", f"--seed-file={folder}/munge/seed"],
                            capture_output=True, text=True)

@@ -5,17 +5,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.recipe_files import write
 from harness.errors import HarnessError
 from harness.plan import expand
 from harness.recipe import apply_overrides, load_recipe
 
 QUICKSTART = Path(__file__).resolve().parents[1] / "recipes" / "quickstart.yaml"
-
-
-def write(tmp_path: Path, data: dict, name: str = "r.yaml") -> Path:
-    path = tmp_path / name
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
 
 
 @pytest.fixture

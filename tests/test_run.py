@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
+
+from tests.recipe_files import write as write_recipe
 
 TINY = {
     "name": "tiny",
@@ -42,9 +43,7 @@ def harness(*args: str, cwd: Path, env: dict | None = None, **kw) -> subprocess.
 
 
 def write(tmp_path: Path, data: dict, name: str = "tiny.yaml") -> Path:
-    path = tmp_path / name
-    path.write_text(yaml.safe_dump(dict(data, out=str(tmp_path / "run"))))
-    return path
+    return write_recipe(tmp_path, data, name, out=True)
 
 
 def records(run: Path) -> dict[str, dict]:

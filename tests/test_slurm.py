@@ -6,17 +6,15 @@ time limit) saves its state, requeues itself and resumes.
 """
 
 import json
-import os
 import re
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
-import yaml
 
 from tests import slurm_cluster
+from tests.recipe_files import write as write_recipe
 from tests.test_run import LONG, TINY
 
 pytestmark = pytest.mark.slow
@@ -39,9 +37,7 @@ def harness(*args, env, cwd, **kw):
 
 
 def write(tmp_path, data, name="r.yaml"):
-    path = tmp_path / name
-    path.write_text(yaml.safe_dump(dict(data, out=str(tmp_path / "run"))))
-    return path
+    return write_recipe(tmp_path, data, name, out=True)
 
 
 def test_dry_run_prints_the_sbatch_scripts_and_submits_nothing(tmp_path, slurm):

@@ -88,12 +88,15 @@ def pretrain_supervised(
     device: torch.device | None = None,
     progress: Callable[[int, int, dict[str, float]], None] | None = None,
     strategy: Strategy | None = None,
+    make_stepper: Callable[..., Any] = SupervisedStepper,
 ) -> tuple[nn.Module, LoopResult]:
     """Train ``model`` to map hazy patches to clear ones, phase by phase; resumes from ``state_path``
     (or its per-phase siblings, see :func:`phase_state_path`) if present.
 
     Returns the model and one result over all phases: steps, resumed steps and seconds summed, the
     curves joined (each point's ``step`` counted from the first phase, ``phase`` its index).
+    ``make_stepper`` (with :class:`SupervisedStepper`'s arguments) makes each phase's stepper: plain
+    L1 by default, or a reweighting one (``harness.pretrain.bild``).
     """
     strategy = strategy or (Strategy(device) if device is not None else current_strategy())
     model.to(strategy.device).train()
@@ -107,9 +110,9 @@ def pretrain_supervised(
             if phase.setup is not None:
                 phase.setup()
             _frozen_except(model, phase.params)
-            stepper = SupervisedStepper(model, hazy, clear, steps=phase.steps, lr=lr, batch_size=batch_size,
-                                        patch_size=patch_size, strategy=strategy, params=phase.params,
-                                        loss=phase.loss)
+            stepper = make_stepper(model, hazy, clear, steps=phase.steps, lr=lr, batch_size=batch_size,
+                                   patch_size=patch_size, strategy=strategy, params=phase.params,
+                                   loss=phase.loss)
             path = phase_state_path(state_path, phase, phases)
             offset = done_before
             shifted = None if progress is None else (

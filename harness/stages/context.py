@@ -13,7 +13,7 @@ from harness.engine.strategy import Strategy
 from harness.errors import HarnessError
 from harness.plan.graph import Plan, Task
 from harness.plan.ids import stable_hash
-from harness.recipe import Recipe
+from harness.recipe import Recipe, dataset_spec
 from harness.registry import DATASETS
 from harness.store import RunStore
 from harness.ui.progress import RunProgress
@@ -54,15 +54,16 @@ class StageContext:
         return self.strategy.device
 
     def dataset(self, entry: dict[str, Any]):
+        entry = dataset_spec(entry)  # a pretraining entry's reweight: is not the dataset's
         key = stable_hash(entry)
         if key not in self._datasets:
-            params = {k: v for k, v in entry.items() if k not in ("type", "reweight")}
+            params = {k: v for k, v in entry.items() if k != "type"}
             self._datasets[key] = DATASETS.build(entry["type"], **params)
         return self._datasets[key]
 
     def fingerprint(self, entry: dict[str, Any]) -> str:
         """Content fingerprint of a dataset (names, sizes and sampled bytes of every file)."""
-        key = stable_hash(entry)
+        key = stable_hash(dataset_spec(entry))
         if key not in self._fingerprints:
             self._fingerprints[key] = self.dataset(entry).fingerprint()
         return self._fingerprints[key]

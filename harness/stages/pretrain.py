@@ -7,6 +7,7 @@ resumable state lives in ``work/pretrain/<key>/`` until the commit.
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -15,6 +16,7 @@ from harness.data.sequence import ImageSequence
 from harness.errors import HarnessError
 from harness.models.base import build_backbone
 from harness.plan.graph import Task
+from harness.registry import REWEIGHTS
 from harness.stages.context import StageContext
 from harness.store import load_weights, read_json, save_weights, sidecar
 from harness.store.artifacts import artifact_meta, commit, is_fresh, staging_dir
@@ -87,22 +89,30 @@ def run(task: Task, ctx: StageContext) -> dict[str, Any]:
     torch.manual_seed(spec["seed"])
     model = new_backbone(spec["backbone"], ctx)
     update, finish = ctx.progress.task(task.label or task.id)
-    model, result = pretrain_supervised(
-        model, ImageSequence([p.hazy for p in data.pairs]), ImageSequence([p.clear for p in data.pairs]),
-        steps=budget["steps"], lr=budget["lr"], batch_size=budget["batch_size"], patch_size=budget["patch_size"],
-        seed=spec["seed"], state_path=work / "state.pt", checkpoint_every=ctx.recipe.budget.checkpoint_every,
-        progress=update, strategy=ctx.strategy,
-    )
+    hazy, clear = ImageSequence([p.hazy for p in data.pairs]), ImageSequence([p.clear for p in data.pairs])
+    common = dict(steps=budget["steps"], lr=budget["lr"], batch_size=budget["batch_size"],
+                  patch_size=budget["patch_size"], seed=spec["seed"], state_path=work / "state.pt",
+                  checkpoint_every=ctx.recipe.budget.checkpoint_every, progress=update, strategy=ctx.strategy)
+    reweight, stepper = spec["data"].get("reweight"), None
+    if reweight is None:
+        model, result = pretrain_supervised(model, hazy, clear, **common)
+    else:  # e.g. BILD: its reweighting network trains alongside and is not deployed
+        config = REWEIGHTS.build(reweight["type"], **{k: v for k, v in reweight.items() if k != "type"})
+        model, result, stepper = config.pretrain(model, hazy, clear, **common)
     finish()
     meta = None
     if ctx.strategy.is_main:
         staging = staging_dir(folder)
+        extra = {}
+        if stepper is not None:  # the reweighter and its learned patch weights stay beside the checkpoint
+            files = stepper.export(staging, hazy, clear, [p.name for p in data.pairs])
+            extra = {"reweight": stepper.summary(), "artifacts": {k: Path(v).name for k, v in files.items()}}
         save_weights(staging / WEIGHTS, model.deploy(), {
             "backbone": spec["backbone"]["type"], "variant": spec["backbone"].get("variant", "full"),
             "options": backbone_options(spec["backbone"]), "form": "deploy", "pretrain": spec["data"],
             "seed": spec["seed"], "train_seconds": result.seconds, "resumed_at": result.resumed_at,
             "curve": result.curve, "data_fingerprint": inputs(task, ctx)["data"], "strategy": ctx.strategy.describe(),
-            **guide_record(model, ctx),
+            **guide_record(model, ctx), **extra,
         })
         meta = commit(staging, folder, task.key, inputs(task, ctx), {}, replace=True)
         shutil.rmtree(work, ignore_errors=True)

@@ -63,16 +63,17 @@ def run(task: Task, ctx: StageContext) -> dict[str, Any]:
     finish()
     if not strategy.is_main:
         return {}
-    pretrained = sidecar(ctx.store.pretrained_dir(cell.pretrain_id) / pretrain.WEIGHTS)
+    pretrained = read_json(sidecar(ctx.store.pretrained_dir(cell.pretrain_id) / pretrain.WEIGHTS)) or {}
     record = build_record(
         cell=cell.model_dump(), recipe_name=ctx.recipe.name, recipe_hash=ctx.plan.recipe_hash, means=scores["means"],
         directions={**{n: None for n in ctx.metrics()}, **scores["directions"]},  # sanity metrics included
         efficiency=efficiency_figures(model, device=ctx.device),
         adapted={**adapted, "target_fingerprint": ctx.fingerprint(cell.target)},
-        pretrained=read_json(pretrained) or {}, inputs=inputs(task, ctx), deps=deps(task, ctx),
+        pretrained=pretrained, inputs=inputs(task, ctx), deps=deps(task, ctx),
         artifacts={
             "pretrained": f"pretrained/{cell.pretrain_id}/model.safetensors",
             "adapted": f"adapted/{cell.adapt_id}/model.safetensors",
+            **{k: f"pretrained/{cell.pretrain_id}/{v}" for k, v in pretrained.get("artifacts", {}).items()},
             **{k: f"adapted/{cell.adapt_id}/{v}" for k, v in adapted.get("artifacts", {}).items()},
             "scores": f"scores/{cell.id}",
             "samples": scores["samples"],
