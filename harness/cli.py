@@ -91,7 +91,7 @@ def _start() -> None:
 
 
 def _load(recipe: Path, overrides: list[str] | None, check_paths: bool = True):
-    from harness.recipe import load_recipe
+    from harness.validate import load_recipe
 
     return load_recipe(recipe, overrides, check_paths=check_paths)
 

@@ -147,7 +147,7 @@ def _metric_rows(i: int, entry: Any) -> list[tuple[str, str, str, str]]:
 
 def recipe_needs(recipe: Path, overrides: list[str] | None = None) -> list[tuple[str, str, str, str]]:
     """(what, recipe key, status, detail) for every dataset, weights file and guide ``recipe`` uses."""
-    from harness.recipe import load_recipe
+    from harness.validate import load_recipe
 
     spec = load_recipe(recipe, overrides, check_paths=False)
     rows, seen = [], set()

@@ -359,17 +359,10 @@ def _read(path: Path) -> tuple[dict[str, Any], yaml.Node | None]:
     return data, root
 
 
-def load_recipe(path: str | Path, overrides: list[str] | None = None, check_paths: bool = True) -> Recipe:
-    """Read, override and validate a recipe; every problem is a one-line error with key and line.
-
-    This is the one validation of ``harness run``, ``run --dry-run`` and ``harness plan``
-    (:func:`harness.validate.validate_recipe`); ``check_paths=False`` (plan) lets dataset folders
-    that do not exist yet through, unchecked.
-    """
-    from harness.plugins import load_plugins
-    from harness.validate import validate_recipe
-
-    load_plugins()
+def parse_recipe(path: str | Path, overrides: list[str] | None = None) -> tuple[Recipe, yaml.Node | None]:
+    """Read and override a recipe and check it against the schema (one-line errors with key and
+    line); returns it with its YAML node tree (for line numbers). :func:`harness.validate.load_recipe`
+    adds the checks against the registries and the data."""
     path = Path(path)
     data, root = _read(path)
     data = apply_overrides(_normalise_lists(data), overrides or [])
@@ -389,8 +382,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, check_path
         if first["type"] == "value_error":
             raise HarnessError(f"{where}: bad value for {dotted!r}: {first['ctx']['error']}") from None
         raise HarnessError(f"{where}: bad value for {dotted!r}: {first['msg']}", fix_for(first)) from None
-    validate_recipe(recipe, path, root, check_paths=check_paths)
-    return recipe
+    return recipe, root
 
 
 def missing_paths(recipe: Recipe) -> list[tuple[str, Path]]:

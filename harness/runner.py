@@ -26,9 +26,10 @@ from harness.engine.strategy import Strategy
 from harness.errors import HarnessError
 from harness.plan.graph import Plan, Task, build_plan
 from harness.plan.ids import reads_guide
-from harness.recipe import Recipe, load_recipe
+from harness.recipe import Recipe
 from harness.store import atomic_write_bytes, atomic_write_json
 from harness.store.records import read_json
+from harness.validate import load_recipe
 
 FORCE_FILE = Path("work") / "force.json"
 STAGES = ("pretrain", "adapt", "score")
@@ -115,7 +116,7 @@ def forced_tasks(plan: Plan, run_dir: Path, ctx) -> set[str]:
 
 def context(plan: Plan, run_dir: Path, strategy=None, progress=None):
     """A StageContext for ``plan`` in this process (strategy from the recipe and the environment)."""
-    from harness.engine.strategy import make_strategy
+    from harness.engine.selection import make_strategy
     from harness.stages.context import StageContext
     from harness.store import RunStore
     from harness.ui.progress import RunProgress
@@ -132,7 +133,7 @@ def check_before_work(ctx, todo: list[Task], build_guide: bool = True) -> None:
 
     The parent of a Slurm run leaves the guide to the jobs (a login node should not train one).
     """
-    from harness.stages.adapt import build_method
+    from harness.adapt.base import build_method
 
     kinds = {t.kind for t in todo}
     for task in todo:

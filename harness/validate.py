@@ -22,8 +22,8 @@ from rich.console import Console
 from rich.markup import escape
 
 from harness.errors import HarnessError
-from harness.plan.ids import stable_hash
-from harness.recipe import Entry, H2COverride, MethodEntry, Recipe, _line_of, missing_paths
+from harness.hashing import stable_hash
+from harness.recipe import Entry, H2COverride, MethodEntry, Recipe, _line_of, missing_paths, parse_recipe
 from harness.registry import BACKBONES, DATASETS, GUIDES, METHODS, METRICS, REWEIGHTS, CheckContext
 
 DATA_KEYS = ("pretrain", "target", "benchmarks")
@@ -41,6 +41,20 @@ class _At:
 
     def line(self, *keys: Any) -> int | None:
         return _line_of(self.root, keys)
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None, check_paths: bool = True) -> Recipe:
+    """Read, override and validate a recipe; every problem is a one-line error with key and line.
+
+    This is the one validation of ``harness run``, ``run --dry-run`` and ``harness plan``;
+    ``check_paths=False`` (plan) lets dataset folders that do not exist yet through, unchecked.
+    """
+    from harness.plugins import load_plugins
+
+    load_plugins()
+    recipe, root = parse_recipe(path, overrides)
+    validate_recipe(recipe, Path(path), root, check_paths=check_paths)
+    return recipe
 
 
 def validate_recipe(recipe: Recipe, path: Path, root: yaml.Node | None, check_paths: bool = True) -> None:
@@ -244,7 +258,7 @@ def check_device(name: str):
     missing GPU, ``cuda:3`` on a one-GPU machine)."""
     import torch
 
-    from harness.stages.context import resolve_device
+    from harness.engine.strategy import resolve_device
 
     try:
         device = resolve_device(name)

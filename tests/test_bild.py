@@ -30,7 +30,8 @@ from harness.pretrain.bild import (
     weight_entropy,
 )
 from harness.plan import expand
-from harness.recipe import dataset_spec, load_recipe
+from harness.recipe import dataset_spec
+from harness.validate import load_recipe
 from harness.registry import REWEIGHTS
 
 load_plugins()

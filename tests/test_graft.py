@@ -10,7 +10,7 @@ from harness.errors import HarnessError
 from harness.models import build_backbone
 from harness import runner
 from harness.plan import build_plan, expand
-from harness.recipe import load_recipe
+from harness.validate import load_recipe
 from harness.stages import adapt, pretrain
 from tests.test_run import TINY
 

@@ -8,7 +8,8 @@ import yaml
 from tests.recipe_files import write
 from harness.errors import HarnessError
 from harness.plan import expand
-from harness.recipe import apply_overrides, load_recipe
+from harness.recipe import apply_overrides
+from harness.validate import load_recipe
 
 QUICKSTART = Path(__file__).resolve().parents[1] / "recipes" / "quickstart.yaml"
 

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from harness.cli import app
 from harness.doctor import recipe_needs
-from harness.recipe import load_recipe
+from harness.validate import load_recipe
 from harness.report.baselines import load_baseline
 from harness.report.frame import groups_of
 from harness.report.tables import ablation_config

@@ -16,6 +16,8 @@ from typing import Any, Callable, Protocol
 import torch
 from torch import nn
 
+from harness.registry import METHODS
+
 # loss(restored, hazy_input) -> scalar tensor, differentiable w.r.t. ``restored``
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 # progress(step_done, total_steps, info) -> None; lets the runner drive a rich progress bar
@@ -59,3 +61,8 @@ class AdaptMethod(Protocol):
     needs_loss: bool  # False for methods that never call job.loss_fn (e.g. ``none``)
 
     def run(self, job: AdaptJob) -> AdaptResult: ...
+
+
+def build_method(spec: dict[str, Any]) -> AdaptMethod:
+    """The method object of a method spec (``h2c`` is the loss's business, not the method's)."""
+    return METHODS.build(spec["type"], **{k: v for k, v in spec.items() if k not in ("type", "h2c")})

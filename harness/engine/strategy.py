@@ -36,6 +36,17 @@ from harness.errors import HarnessError
 OptimiserFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
 
 
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> this rank's GPU if there is one, else the CPU; a missing CUDA is a clear error."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise HarnessError(f"device {name!r} requested but CUDA is not available", "set device: auto or cpu")
+    return torch.device(name)
+
+
 @dataclass
 class Prepared:
     """A model ready to train under a strategy: forward with ``module``, then ``backward`` and ``step``."""
@@ -244,24 +255,6 @@ class DataParallel(Strategy):
         import torch.distributed as dist
 
         dist.barrier()
-
-
-def make_strategy(recipe) -> Strategy:
-    """The strategy a recipe asks for in this process: ``auto`` is DDP under several ranks, else one device."""
-    from harness.launch.distributed import rank_world
-    from harness.stages.context import resolve_device
-
-    engine = recipe.engine
-    name, numerics = engine.strategy, engine.numerics()
-    device = resolve_device(recipe.device)
-    world = rank_world()[1]
-    if name == "deepspeed":
-        from harness.engine.deepspeed import DeepSpeedStrategy
-
-        return DeepSpeedStrategy(device, zero_stage=engine.zero_stage, **numerics)
-    if world > 1 and name in ("ddp", "auto"):
-        return DataParallel(device, **numerics)
-    return Strategy(device, **numerics)  # DDP over one process is the single-device computation
 
 
 _CURRENT: list[Strategy] = []

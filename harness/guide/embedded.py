@@ -138,7 +138,7 @@ def train_embedded(steps: int, seed: int, batch_size: int = 64, pool: int = 1536
 
 def load_embedded(steps: int = 400, seed: int = 0, cache: Path | None = None, progress: bool = True) -> Guide:
     """The embedded guide, trained on first use and loaded from the cache afterwards."""
-    from harness.plan.ids import stable_hash
+    from harness.hashing import stable_hash
 
     config = {"model": json.loads(Path(__file__).with_name(f"{TINY_MODEL}.json").read_text()),
               "classes": CAPTION_CLASSES, "beta": BETA, "steps": steps, "seed": seed, "version": VERSION}

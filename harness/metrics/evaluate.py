@@ -117,7 +117,7 @@ def eval_command(
                                                                          "(default 8 on a GPU, 1 on the CPU).")] = None,
 ) -> None:
     """Score every image in a folder; print the means and write per-image CSV (under torchrun: sharded by rank)."""
-    from harness.stages.context import resolve_device
+    from harness.engine.strategy import resolve_device
 
     names = [m.strip() for m in metrics.split(",") if m.strip()]
     if not names:

@@ -98,7 +98,7 @@ def _methods(recipe: Recipe) -> list[tuple[dict[str, Any], str]]:
 
 def uses_loss(method: dict[str, Any]) -> bool:
     from harness.plugins import load_plugins
-    from harness.stages.adapt import build_method
+    from harness.adapt.base import build_method
 
     load_plugins()  # a recipe validated without load_recipe has not imported the methods yet
     return bool(build_method(method).needs_loss)

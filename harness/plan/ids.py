@@ -20,18 +20,12 @@ than giving them new ids.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from typing import TYPE_CHECKING, Any
+
+from harness.hashing import stable_hash
 
 if TYPE_CHECKING:
     from harness.recipe import Recipe
-
-
-def stable_hash(obj: Any, length: int = 12) -> str:
-    """Short sha256 of the canonical JSON form of ``obj``."""
-    blob = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()[:length]
 
 
 def recipe_hash(recipe: "Recipe") -> str:

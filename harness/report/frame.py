@@ -17,7 +17,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from harness.plan.ids import stable_hash
+from harness.hashing import stable_hash
 
 # ------------------------------------------------------------------ the metric catalogue
 

@@ -15,23 +15,17 @@ from typing import Any
 
 import torch
 
-from harness.adapt.base import AdaptJob
+from harness.adapt.base import AdaptJob, build_method
 from harness.data.sequence import ImageSequence
 from harness.errors import HarnessError
 from harness.plan.graph import Task
-from harness.plan.ids import stable_hash
-from harness.registry import METHODS
+from harness.hashing import stable_hash
 from harness.stages import pretrain
 from harness.stages.context import StageContext
 from harness.store import atomic_write_json, file_sha256, load_weights, read_json, save_weights, sidecar
 from harness.store.artifacts import artifact_meta, commit, is_fresh, staging_dir
 
 WEIGHTS = "model.safetensors"
-
-
-def build_method(spec: dict[str, Any]):
-    """The method object of a method spec (``h2c`` is the loss's business, not the method's)."""
-    return METHODS.build(spec["type"], **{k: v for k, v in spec.items() if k not in ("type", "h2c")})
 
 
 def deps(task: Task, ctx: StageContext) -> dict[str, str | None]:

@@ -12,24 +12,11 @@ import torch
 from harness.engine.strategy import Strategy
 from harness.errors import HarnessError
 from harness.plan.graph import Plan, Task
-from harness.plan.ids import stable_hash
+from harness.hashing import stable_hash
 from harness.recipe import Recipe, dataset_spec
 from harness.registry import DATASETS
 from harness.store import RunStore
 from harness.ui.progress import RunProgress
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> this rank's GPU if there is one, else the CPU; a missing CUDA is a clear error."""
-    import os
-
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        return torch.device("cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise HarnessError(f"device {name!r} requested but CUDA is not available", "set device: auto or cpu")
-    return torch.device(name)
 
 
 @dataclass
