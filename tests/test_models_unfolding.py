@@ -483,7 +483,7 @@ def test_both_unfolding_backbones_run_end_to_end_and_reload(tmp_path):
     assert sidecars["vlu_net"]["backbone_guide"]["spec"] == {"type": "embedded", "steps": 30}
     assert "backbone_guide" not in sidecars["lorun"]
     again = harness("run", str(path))
-    assert again.returncode == 0 and "0 cell(s) run, 4 already finished" in again.stdout, again.stderr[-2000:]
+    assert again.returncode == 0 and "0 task(s) run, 10 of 10 already done" in again.stdout, again.stderr[-2000:]
     vlu = next(p for p in run.glob("pretrained/*/model.safetensors") if "vlu_net" in p.with_name(p.name + ".json").read_text())
     (tmp_path / "in").mkdir()
     from PIL import Image

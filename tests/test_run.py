@@ -116,7 +116,7 @@ LONG = dict(TINY, budget=dict(TINY["budget"], pretrain_steps=60, checkpoint_ever
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage,state", [("pretrain", "pretrain/*/state.pt"), ("full_ft", "adapt/*/state/finetune.pt"),
+@pytest.mark.parametrize("stage,state", [("pretrain", "pretrain/*/state.pt"), ("full_ft", "adapt/*/state/full_ft.pt"),
                                          ("search", "adapt/*/state/search.pt"),
                                          ("finetune", "adapt/*/state/finetune.pt")])
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM])
@@ -210,8 +210,14 @@ def test_a_batch_job_log_shows_progress_while_it_runs(tmp_path):
     text = log.read_text()
     assert proc.returncode == 0, text[-2000:]
     assert (tmp_path / "run" / "run.log").read_text().count("started") >= 5
-    table = [line for line in text.splitlines() if line.startswith("| ")]
-    assert table and len({len(line.split("|")) for line in table}) == 1  # whole rows, not wrapped at 80 columns
+    tables, rows = [], []  # each markdown table: its consecutive "| " lines
+    for line in text.splitlines() + [""]:
+        if line.startswith("|"):
+            rows.append(line)
+        elif rows:
+            tables.append(rows)
+            rows = []
+    assert tables and all(len({len(r.split("|")) for r in t}) == 1 for t in tables)  # whole rows, not wrapped at 80 columns
 
 
 def test_smoke_one_cell_end_to_end(tmp_path):

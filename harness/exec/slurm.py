@@ -28,7 +28,9 @@ def _header(name: str, run_dir: Path, slurm: SlurmConfig, array: str | None, gpu
              f"#SBATCH --output={run_dir / 'work' / 'slurm' / ('%x-%A_%a.out' if array else '%x-%j.out')}",
              f"#SBATCH --chdir={Path.cwd()}", f"#SBATCH --time={slurm.time}", "#SBATCH --ntasks=1"]
     if array:
-        lines += [f"#SBATCH --array={array}", "#SBATCH --requeue", "#SBATCH --signal=B:USR1@120"]
+        # append: a requeued task keeps the log of the attempt that was preempted
+        lines += [f"#SBATCH --array={array}", "#SBATCH --requeue", "#SBATCH --signal=B:USR1@120",
+                  "#SBATCH --open-mode=append"]
     for key, value in (("partition", slurm.partition), ("account", slurm.account), ("qos", slurm.qos),
                        ("mem", slurm.mem), ("cpus-per-task", slurm.cpus_per_task)):
         if value is not None:
