@@ -147,6 +147,7 @@ def _register_plugin_commands() -> None:
     """Commands whose functions live beside the code they drive."""
     from harness.dehaze import dehaze_command
     from harness.doctor import doctor_command
+    from harness.guide.commands import register as register_guide_commands
     from harness.metrics.evaluate import eval_command
     from harness.models.catalog import models_command
 
@@ -154,6 +155,7 @@ def _register_plugin_commands() -> None:
     command("models")(models_command)
     command("doctor")(doctor_command)
     command("dehaze")(dehaze_command)
+    register_guide_commands(app, one_line_errors)
 
 
 _register_plugin_commands()
