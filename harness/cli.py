@@ -1,42 +1,74 @@
-"""The ``harness`` command: run, plan, report, eval, dehaze, models, doctor."""
+"""The ``harness`` command: run, plan, report, worker, and the commands that live beside their code
+(eval, dehaze, models, doctor), which are imported only when invoked, so ``harness --help`` and
+``harness plan`` do not pay for torch until they need it.
+
+Errors: a ``HarnessError`` anywhere becomes one red line on stderr and exit code 2; a training loop
+stopped by SIGTERM/SIGUSR1 (its state saved) exits with 75 so a scheduler can requeue it.
+"""
 
 from __future__ import annotations
 
-import functools
-import shlex
+import importlib
 import sys
-import time
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import List, Optional
 
+import click
 import typer
-from rich.console import Console
-from rich.table import Table
+from typer.core import TyperGroup
 
 from harness.errors import HarnessError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
+EXIT_BAD_INPUT = 2
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: state saved, run again to resume
+
+# name -> (module:attribute, one-line help): imported only when the command runs
+LAZY_COMMANDS: dict[str, tuple[str, str]] = {
+    "eval": ("harness.metrics.evaluate:eval_command", "Score a folder of images (e.g. other methods' outputs)."),
+    "dehaze": ("harness.dehaze:dehaze_command", "Restore a folder of images at full resolution."),
+    "models": ("harness.models.catalog:models_command", "Backbones with parameters, FLOPs and LoRA sites."),
+    "doctor": ("harness.doctor:doctor_command", "torch/CUDA, launchers, and where weights are looked for."),
+    "guide": ("harness.guide.commands:guide_app", "Probe a guide before training with it; tune a CLIP into one."),
+}
+
+
+class LazyGroup(TyperGroup):
+    """A typer group whose plugin commands are imported on first use (help text from the table)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *LAZY_COMMANDS})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in LAZY_COMMANDS:
+            return super().get_command(ctx, name)
+        target, _ = LAZY_COMMANDS[name]
+        module, attribute = target.split(":")
+        obj = getattr(importlib.import_module(module), attribute)
+        if isinstance(obj, typer.Typer):
+            cmd = typer.main.get_group(obj)
+        else:
+            single = typer.Typer(add_completion=False)
+            single.command(name)(obj)
+            cmd = typer.main.get_command(single)
+        cmd.name = name
+        return cmd
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            if name in LAZY_COMMANDS:
+                rows.append((name, LAZY_COMMANDS[name][1]))
+            else:
+                cmd = super().get_command(ctx, name)
+                if cmd is not None and not cmd.hidden:
+                    rows.append((name, cmd.get_short_help_str(limit=80)))
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+app = typer.Typer(cls=LazyGroup, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  rich_markup_mode=None,
                   help="Adapt dehazing networks from synthetic to real haze, score them, tabulate them.")
-console = Console()
-err_console = Console(stderr=True)
-
-
-def one_line_errors(fn: Callable) -> Callable:
-    """Turn a HarnessError into one red line on stderr and exit code 2."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except HarnessError as err:
-            err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
-
-    return wrapper
-
-
-def command(name: str):
-    return lambda fn: app.command(name)(one_line_errors(fn))
 
 
 def _load(recipe: Path, overrides: list[str] | None, check_paths: bool = True):
@@ -45,89 +77,106 @@ def _load(recipe: Path, overrides: list[str] | None, check_paths: bool = True):
     return load_recipe(recipe, overrides, check_paths=check_paths)
 
 
-@command("run")
+def _console():
+    from rich.console import Console
+
+    # unwrapped when not a terminal: a batch log gets whole table rows
+    return Console(width=None if sys.stdout.isatty() else 10_000, soft_wrap=not sys.stdout.isatty())
+
+
+@app.command("run")
 def run_command(
     recipe: Path = typer.Argument(..., help="YAML recipe, e.g. recipes/quickstart.yaml"),
     out: Optional[Path] = typer.Option(None, "--out", help="run folder (default: the recipe's out, or results/<name>)"),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="override, key.path=value (repeatable)"),
-    force: bool = typer.Option(False, "--force", help="recompute cells that already have a record"),
-    dry_run: bool = typer.Option(False, "--dry-run", help="validate and list the cells, run nothing"),
+    launcher: str = typer.Option("inline", "--launcher",
+                                 help="inline (this process), local (a pool of workers), torchrun, deepspeed, slurm"),
+    workers: int = typer.Option(1, "--workers", help="local: worker processes (on a GPU node: cells at once)"),
+    nproc_per_node: int = typer.Option(1, "--nproc-per-node", help="torchrun/deepspeed: processes per node"),
+    nnodes: int = typer.Option(1, "--nnodes", help="torchrun/deepspeed: nodes"),
+    launcher_arg: Optional[List[str]] = typer.Option(None, "--launcher-arg",
+                                                     help="passed through to torchrun/deepspeed/sbatch (repeatable)"),
+    strategy: Optional[str] = typer.Option(None, "--strategy", help="single, ddp or deepspeed (default: recipe)"),
+    force: Optional[str] = typer.Option(None, "--force", help="recompute a stage and all after it: pretrain, adapt or score"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="validate and list the cells (slurm: print the sbatch scripts)"),
+    wait: bool = typer.Option(True, "--wait/--no-wait", help="slurm: wait for the jobs and write the report"),
 ) -> None:
-    """Train, adapt and score every cell of RECIPE, then write the report into the run folder."""
+    """Train, adapt and score every cell of RECIPE that is not done, then write the report."""
+    from harness import runner
     from harness.launch.distributed import rank_world
-    from harness.recipe import expand
     from harness.report.tables import write_report
-    from harness.runner import RecipeRunner
 
     spec = _load(recipe, set_)
     run_dir = out or spec.run_dir()
     if dry_run:
-        _print_plan(spec, run_dir)
+        _print_plan(spec, run_dir, launcher=launcher, nproc_per_node=nproc_per_node)
         return
-    started = time.perf_counter()
-    runner = RecipeRunner(spec, run_dir, console=console)
-    (run_dir).mkdir(parents=True, exist_ok=True)
-    (run_dir / "command.txt").write_text(shlex.join(sys.argv) + "\n")
-    summary = runner.run(force=force)
-    rank, world = rank_world()
-    if world > 1 and not all(runner.store.is_done(c.id) for c in expand(spec)):
-        # another rank still has cells; whichever rank finds every record present writes the report
-        console.print(f"rank {rank}: {len(summary.ran)} cell(s) run, {summary.skipped} already finished; "
-                      "the rank that finishes last writes the report")
+    if launcher == "deepspeed":
+        strategy = strategy or "deepspeed"
+    summary = runner.run(spec, run_dir, launcher=launcher, workers=workers, nproc_per_node=nproc_per_node,
+                         nnodes=nnodes, force_stage=force, strategy=strategy, launcher_args=launcher_arg, wait=wait)
+    if rank_world()[0] != 0 or (launcher == "slurm" and not wait):
         return
     written = write_report(run_dir, baselines=spec.baselines)
+    console = _console()
     console.print(written["md"].read_text(), markup=False, highlight=False)
-    console.print(
-        f"[bold green]done[/] {len(summary.ran)} cell(s) run, {summary.skipped} already finished, "
-        f"of {summary.total} in {time.perf_counter() - started:.1f}s -> {run_dir}/cells, "
-        f"{written['md']}, {written['latex']}"
-    )
+    console.print(f"done: {len(summary.ran)} task(s) run, {summary.done_before} of {summary.tasks} already done, "
+                  f"{summary.cells} cell(s) in {summary.seconds:.1f}s -> {run_dir}/cells, {written['md']}, "
+                  f"{written['latex']}", markup=False, highlight=False)
 
 
-def _print_plan(spec, run_dir: Path) -> None:
-    from harness.recipe import expand
-    from harness.store import RunStore
+def _print_plan(spec, run_dir: Path, launcher: str = "inline", nproc_per_node: int = 1) -> None:
+    from rich.table import Table
 
-    store = RunStore(run_dir)
-    cells = expand(spec)
-    table = Table(title=f"{spec.name}: {len(cells)} cell(s) -> {run_dir}")
-    for col in ("#", "id", "backbone", "pretrain", "target", "method", "seed", "status"):
+    from harness import runner
+    from harness.plan.graph import build_plan
+    from harness.stages import statuses
+
+    plan = build_plan(spec)
+    ctx = runner.context(plan, run_dir)
+    status = statuses(ctx, tolerant=True)
+    console = _console()
+    table = Table(title=f"{spec.name}: {len(plan.cells)} cell(s), {len(plan.tasks)} task(s) -> {run_dir}")
+    for col in ("#", "id", "backbone", "pretrain", "target", "method", "seed", "pretrain", "adapt", "score"):
         table.add_column(col)
-    done = 0
-    for c in cells:
-        finished = store.is_done(c.id)
-        done += finished
-        table.add_row(str(c.index), c.id, *c.labels.values(), str(c.seed),
-                      "[green]done[/]" if finished else "todo")
+    for cell in plan.cells:
+        stages = [status[f"pretrain:{cell.pretrain_id}"], status[f"adapt:{cell.adapt_id}"], status[f"score:{cell.id}"]]
+        table.add_row(str(cell.index), cell.id, *cell.labels.values(), str(cell.seed), *stages)
     console.print(table)
-    console.print(f"{done} done, {len(cells) - done} to run")
+    done = sum(s == "done" for s in status.values())
+    console.print(f"{done} of {len(status)} task(s) done, {len(status) - done} to run "
+                  f"in {len(plan.levels())} level(s)", markup=False)
+    if launcher == "slurm":
+        from harness.exec.slurm import sbatch_scripts
+
+        todo = [plan.tasks[t] for t, s in status.items() if s != "done"]
+        for name, script in sbatch_scripts(plan, Path(run_dir), todo, nproc_per_node=nproc_per_node):
+            console.print(f"# ---- {name}\n{script}", markup=False, highlight=False)
 
 
-@command("plan")
+@app.command("plan")
 def plan_command(
     recipe: Path = typer.Argument(..., help="YAML recipe"),
     out: Optional[Path] = typer.Option(None, "--out", help="run folder to check for finished cells"),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="override, key.path=value (repeatable)"),
 ) -> None:
-    """List the cells RECIPE expands to, with their ids and which are done (missing data only warns)."""
+    """List the cells RECIPE expands to, with their ids and which stages are done (missing data only warns)."""
     from harness.recipe import missing_paths
 
     spec = _load(recipe, set_, check_paths=False)
     _print_plan(spec, out or spec.run_dir())
     for key, folder in missing_paths(spec):
-        console.print(f"[yellow]warning:[/] {key}.root {folder} does not exist yet; `harness run` will stop there")
+        print(f"warning: {key}.root {folder} does not exist yet; `harness run` will stop there")
 
 
-@command("report")
+@app.command("report")
 def report_command(
     run_dir: Path = typer.Argument(..., help="a run folder written by `harness run`"),
     format: str = typer.Option("both", "--format", help="md, latex or both"),
     baseline: Optional[List[Path]] = typer.Option(
-        None, "--baseline", help="published-numbers YAML to show beside ours (default: the recipe's baselines)"),
+        None, "--baseline", help="published-numbers YAML to show beside ours (default: the recipes' baselines)"),
 ) -> None:
     """Write comparison tables from the records in RUN_DIR."""
-    import yaml
-
     from harness.report.tables import write_report
 
     if not (run_dir / "cells").is_dir():
@@ -135,34 +184,60 @@ def report_command(
     formats = {"md": ("md",), "latex": ("latex",), "both": ("md", "latex")}.get(format)
     if formats is None:
         raise HarnessError(f"unknown --format {format!r}", "use md, latex or both")
-    if baseline is None and (run_dir / "recipe.yaml").is_file():
-        baseline = [Path(p) for p in (yaml.safe_load((run_dir / "recipe.yaml").read_text()) or {}).get("baselines", [])]
+    if baseline is None:
+        import yaml
+
+        baseline = sorted({Path(p) for f in sorted((run_dir / "recipes").glob("*.yaml"))
+                           for p in (yaml.safe_load(f.read_text()) or {}).get("baselines", [])})
     written = write_report(run_dir, formats, baselines=baseline)
+    console = _console()
     if "md" in written:
         console.print(written["md"].read_text(), markup=False, highlight=False)
-    console.print("[bold green]wrote[/] " + ", ".join(str(p) for p in written.values()))
+    console.print("wrote " + ", ".join(str(p) for p in written.values()), markup=False)
 
 
-def _register_plugin_commands() -> None:
-    """Commands whose functions live beside the code they drive."""
-    from harness.dehaze import dehaze_command
-    from harness.doctor import doctor_command
-    from harness.guide.commands import register as register_guide_commands
-    from harness.metrics.evaluate import eval_command
-    from harness.models.catalog import models_command
+@app.command("worker", hidden=True)
+def worker_command(
+    run_dir: Path = typer.Argument(..., help="the run folder the parent prepared"),
+    plan: str = typer.Option(..., "--plan", help="recipe hash of the plan in RUN_DIR/plans/"),
+    task: Optional[List[str]] = typer.Option(None, "--task", help="task id to run (repeatable)"),
+    task_list: Optional[Path] = typer.Option(None, "--task-list", help="file of task ids, one per line (Slurm)"),
+    index: Optional[int] = typer.Option(None, "--index", help="which line of --task-list ($SLURM_ARRAY_TASK_ID)"),
+    all_tasks: bool = typer.Option(False, "--all", help="every task that is not done, in order"),
+) -> None:
+    """Run tasks of a planned run (what executors start; not for direct use)."""
+    from harness.exec.worker import work
 
-    command("eval")(eval_command)
-    command("models")(models_command)
-    command("doctor")(doctor_command)
-    command("dehaze")(dehaze_command)
-    register_guide_commands(app, one_line_errors)
-
-
-_register_plugin_commands()
+    ids = list(task or [])
+    if task_list is not None:
+        lines = [t for t in task_list.read_text().split() if t]
+        if index is None or not 0 <= index < len(lines):
+            raise HarnessError(f"--index {index} is not a line of {task_list} ({len(lines)} tasks)",
+                               "pass --index 0..N-1 ($SLURM_ARRAY_TASK_ID)")
+        ids.append(lines[index])
+    work(run_dir, plan, ids, all_tasks)
 
 
 def main() -> None:
-    app()
+    """Entry point: typer app with one-line errors and the preemption exit code."""
+    from harness.errors import Preempted
+
+    try:
+        app(standalone_mode=False)
+    except HarnessError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+    except Preempted as stop:
+        print(f"stopped: {stop}", file=sys.stderr)
+        sys.exit(EXIT_PREEMPTED)
+    except click.exceptions.Abort:
+        print("interrupted: finished work is kept; rerun to resume", file=sys.stderr)
+        sys.exit(130)
+    except click.ClickException as err:
+        err.show()
+        sys.exit(err.exit_code)
+    except click.exceptions.Exit as done:
+        sys.exit(done.exit_code)
 
 
 if __name__ == "__main__":

@@ -7,3 +7,11 @@ class HarnessError(Exception):
     def __init__(self, what: str, fix: str | None = None):
         message = what if fix is None else f"{what} -- fix: {fix}"
         super().__init__(" ".join(message.split()))
+
+
+class Preempted(Exception):
+    """A training loop stopped on SIGTERM/SIGUSR1 after saving its state; a rerun resumes at ``step``."""
+
+    def __init__(self, stage: str, step: int, state_path):
+        self.stage, self.step, self.state_path = stage, step, state_path
+        super().__init__(f"{stage}: preempted at step {step}; state saved to {state_path}; rerun to resume")

@@ -8,9 +8,6 @@ registered builder's signature before any work starts.
 
 from __future__ import annotations
 
-import hashlib
-import itertools
-import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -82,12 +79,42 @@ class MetricEntry(Entry):
     optional: bool = False
 
 
+class StageBudget(Strict):
+    """Batch and patch size of one stage; unset values fall back to the budget's shared ones."""
+
+    batch_size: int | None = Field(None, ge=1)
+    patch_size: int | None = Field(None, ge=8)
+
+
+class PretrainBudget(StageBudget):
+    steps: int | None = Field(None, ge=0)
+    lr: float | None = Field(None, gt=0)
+
+
 class Budget(Strict):
+    """Shared defaults (``pretrain_steps``, ``batch_size``, ...) and per-stage overrides.
+
+    Each stage's cache key holds only its own resolved budget, so a different adaptation batch
+    never retrains a pretrained checkpoint.
+    """
+
     pretrain_steps: int = Field(2000, ge=0)
     pretrain_lr: float = Field(2e-4, gt=0)
     batch_size: int = Field(8, ge=1)
     patch_size: int = Field(128, ge=8)
     checkpoint_every: int = Field(100, ge=1)
+    pretrain: PretrainBudget = Field(default_factory=PretrainBudget)
+    adapt: StageBudget = Field(default_factory=StageBudget)
+
+    def pretraining(self) -> dict[str, Any]:
+        p = self.pretrain
+        return {"steps": self.pretrain_steps if p.steps is None else p.steps,
+                "lr": self.pretrain_lr if p.lr is None else p.lr,
+                "batch_size": p.batch_size or self.batch_size, "patch_size": p.patch_size or self.patch_size}
+
+    def adaptation(self) -> dict[str, Any]:
+        a = self.adapt
+        return {"batch_size": a.batch_size or self.batch_size, "patch_size": a.patch_size or self.patch_size}
 
 
 class GuideConfig(Entry):
@@ -105,6 +132,38 @@ class EvalConfig(Strict):
     workers: int = Field(1, ge=1)
     max_side: int | None = Field(None, ge=16)  # downscale larger images before restoring
     save_outputs: bool = False
+    samples: int = Field(4, ge=0)  # input/output PNGs kept per benchmark for the report's image grid
+
+
+class EngineConfig(Strict):
+    """How training runs: the strategy (``auto``: DDP under several ranks, else one device),
+    DeepSpeed's ZeRO stage, and numerics (precision and memory format change results, so they are
+    part of the cache keys; the strategy and ZeRO stage are not)."""
+
+    strategy: Literal["auto", "single", "ddp", "deepspeed"] = "auto"
+    zero_stage: Literal[1, 2] = 1
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    channels_last: bool = False
+
+    def numerics(self) -> dict[str, Any]:
+        return {"precision": self.precision, "channels_last": self.channels_last}
+
+
+class SlurmConfig(Strict):
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    time: str = "04:00:00"
+    mem: str | None = None
+    cpus_per_task: int | None = Field(None, ge=1)
+    array_parallelism: int = Field(16, ge=1)  # at most this many array tasks of one level at once
+    extra: list[str] = Field(default_factory=list)  # more #SBATCH lines, e.g. "--constraint=a100"
+    setup: list[str] = Field(default_factory=list)  # shell lines before the task, e.g. "module load cuda"
+
+
+class Resources(Strict):
+    gpus_per_cell: int = Field(1, ge=0)  # devices one training task uses (its DDP/DeepSpeed world)
+    slurm: SlurmConfig = Field(default_factory=SlurmConfig)
 
 
 class Recipe(Strict):
@@ -123,7 +182,10 @@ class Recipe(Strict):
     budget: Budget = Field(default_factory=Budget)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     on_corrupt: Literal["fail", "skip"] = "fail"
+    allow_overlap: bool = False  # target images that also appear in a benchmark (recorded if allowed)
     baselines: list[Path] = Field(default_factory=list)  # published numbers shown beside ours
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    resources: Resources = Field(default_factory=Resources)
 
     def run_dir(self) -> Path:
         return self.out if self.out is not None else Path("results") / self.name
@@ -315,72 +377,3 @@ def _check_paths(recipe: Recipe, path: Path, root: yaml.Node | None) -> None:
         entry_type = getattr(recipe, name)[int(index)].type
         raise HarnessError(f"{path}:{line}: {key}.root folder {folder} does not exist",
                            f"point {key}.root at the {entry_type} dataset folder")
-
-
-# ---------------------------------------------------------------- grid expansion
-
-
-def stable_hash(obj: Any, length: int = 12) -> str:
-    """Short sha256 of the canonical JSON form of ``obj``."""
-    blob = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()[:length]
-
-
-class Cell(BaseModel):
-    """One backbone x pretrain x target x method x seed combination, with its stable ids."""
-
-    model_config = ConfigDict(frozen=True)
-    index: int
-    backbone: dict[str, Any]
-    pretrain: dict[str, Any]
-    target: dict[str, Any]
-    method: dict[str, Any]
-    seed: int
-    labels: dict[str, str]
-    pretrain_id: str
-    adapt_id: str
-    id: str
-
-
-def expand(recipe: Recipe) -> list[Cell]:
-    """The recipe's cells in a stable order; ids hash everything that can change a result.
-
-    ``pretrain_id`` keys the cached pretrained checkpoint, ``adapt_id`` the adapted weights and
-    ``id`` the finished record (it adds benchmarks and metrics, so a new metric re-scores but does
-    not retrain).
-    """
-    budget = recipe.budget.model_dump()
-    pretrain_budget = {k: budget[k] for k in ("pretrain_steps", "pretrain_lr", "batch_size", "patch_size")}
-    scoring = {
-        "benchmarks": [b.spec() for b in recipe.benchmarks],
-        "metrics": [m.spec() for m in recipe.metrics],
-        "max_side": recipe.eval.max_side,
-    }
-    methods: list[tuple[dict[str, Any], str]] = []
-    for m in recipe.methods:
-        names = list(m.sweep)
-        for combo in itertools.product(*(m.sweep[n] for n in names)) if names else [()]:
-            spec = {**m.spec(), **dict(zip(names, combo))}
-            suffix = ",".join(f"{n}={v}" for n, v in zip(names, combo))
-            methods.append((spec, f"{m.name}[{suffix}]" if suffix else m.name))
-    cells = []
-    grid = itertools.product(recipe.backbones, recipe.pretrain, recipe.target, methods, recipe.seeds)
-    for index, (bb, pre, tgt, (method, method_label), seed) in enumerate(grid):
-        pretrain_id = stable_hash({"backbone": bb.spec(), "data": pre.spec(), "budget": pretrain_budget, "seed": seed})
-        adapt_id = adapt_key(recipe, pretrain_id, tgt.spec(), method, seed)
-        cells.append(Cell(
-            index=index, backbone=bb.spec(), pretrain=pre.spec(), target=tgt.spec(), method=method, seed=seed,
-            labels={"backbone": bb.name, "pretrain": pre.name, "target": tgt.name, "method": method_label},
-            pretrain_id=pretrain_id, adapt_id=adapt_id,
-            id=stable_hash({"adapt": adapt_id, "scoring": scoring}),
-        ))
-    return cells
-
-
-def adapt_key(recipe: Recipe, pretrain_id: str, target: dict[str, Any], method: dict[str, Any], seed: int) -> str:
-    """The id of an adaptation: everything that can change the adapted weights."""
-    budget = {k: getattr(recipe.budget, k) for k in ("batch_size", "patch_size")}
-    return stable_hash({
-        "pretrain": pretrain_id, "target": target, "split": recipe.target_split, "method": method,
-        "guide": recipe.guide.spec(), "budget": budget, "seed": seed,
-    })

@@ -1,369 +1,223 @@
-"""Run a recipe: for each unfinished cell, pretrain (cached), adapt (cached), score, record.
+"""Run a recipe: plan -> executor -> report.
 
-Finished cells are skipped by the presence of their record; pretrained and adapted weights are
-cached by id, so a killed run resumes from the last finished stage (and inside a stage from the
-last saved state). Under ``torchrun`` each rank takes the cells whose index is congruent to its
-rank; file locks keep two ranks (or two runs) from training the same checkpoint at once.
+The parent process validates the recipe, builds the plan, writes it into the run folder once
+(``recipes/<hash>.yaml``, ``plans/<hash>.json``, a line in ``commands.log``) and hands the tasks
+that are not done to an executor: ``inline`` (this process; every rank of a torchrun together),
+``local`` (a pool of worker processes: one per GPU, or N CPU workers), ``torchrun`` / ``deepspeed``
+(one launch whose ranks train each cell together) or ``slurm`` (job arrays). Every executor runs
+tasks through ``harness worker`` or the same ``run_tasks`` code, so a task behaves the same
+wherever it runs. The report is written once every cell has its record.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
+import shlex
+import sys
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 
-from harness.adapt.base import AdaptJob
-from harness.benchmark import score_model
-from harness.data.sequence import ImageSequence
+from harness.engine.strategy import Strategy
 from harness.errors import HarnessError
-from harness.launch.distributed import rank_world
-from harness.metrics.base import Metric, build_metric
-from harness.metrics.efficiency import efficiency_figures, peak_memory
-from harness.models.base import build_backbone
-from harness.pretrain.supervised import pretrain_supervised
-from harness.provenance import environment, git_state, package_versions
-from harness.recipe import Cell, Recipe, adapt_key, expand, stable_hash
-from harness.registry import DATASETS, METHODS
-from harness.store import (
-    RunStore,
-    atomic_write_bytes,
-    atomic_write_json,
-    file_lock,
-    file_sha256,
-    load_weights,
-    save_weights,
-    sidecar,
-    weights_ready,
-)
+from harness.plan.graph import Plan, Task, build_plan
+from harness.recipe import Recipe, load_recipe
+from harness.store import atomic_write_bytes, atomic_write_json
+from harness.store.records import read_json
 
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        return torch.device("cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise HarnessError(f"device {name!r} requested but CUDA is not available", "set device: auto or cpu")
-    return torch.device(name)
+FORCE_FILE = Path("work") / "force.json"
+STAGES = ("pretrain", "adapt", "score")
 
 
 @dataclass
 class RunSummary:
     run_dir: Path
-    total: int
-    skipped: int = 0
+    cells: int
+    tasks: int
+    done_before: int = 0
     ran: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
 
-class RecipeRunner:
-    """Holds what is shared across the cells of one run: datasets, metrics, guide, progress."""
+def recipe_file(run_dir: Path, recipe_hash: str) -> Path:
+    return Path(run_dir) / "recipes" / f"{recipe_hash}.yaml"
 
-    def __init__(self, recipe: Recipe, run_dir: Path, console: Console | None = None):
-        self.recipe = recipe
-        self.store = RunStore(run_dir)
-        self.console = console or Console()
-        self.device = resolve_device(recipe.device)
-        self._datasets: dict[str, Any] = {}
-        self._metrics: dict[str, Metric | None] | None = None
-        self._guide = None
-        self._losses: dict[str, Any] = {}
-        self.progress: Progress | None = None
 
-    # ------------------------------------------------------------ shared resources
+def plan_file(run_dir: Path, recipe_hash: str) -> Path:
+    return Path(run_dir) / "plans" / f"{recipe_hash}.json"
 
-    def dataset(self, entry: dict[str, Any]):
-        key = stable_hash(entry)
-        if key not in self._datasets:
-            params = {k: v for k, v in entry.items() if k != "type"}
-            self._datasets[key] = DATASETS.build(entry["type"], **params)
-        return self._datasets[key]
 
-    def metrics(self) -> dict[str, Metric | None]:
-        """Build every metric once; an optional one that cannot be built becomes None (n/a)."""
-        if self._metrics is None:
-            self._metrics = {}
-            for entry in self.recipe.metrics:
-                try:
-                    self._metrics[entry.name] = build_metric(entry.type, **entry.params)
-                except HarnessError as err:
-                    if not entry.optional:
-                        raise
-                    self.console.print(f"[yellow]metric {entry.name} not available: {err}[/]")
-                    self._metrics[entry.name] = None
-        return self._metrics
+def write_run_files(plan: Plan, run_dir: Path) -> None:
+    """Keep this recipe (by hash, beside any other recipe run into the folder), its plan and the command."""
+    run_dir = Path(run_dir)
+    atomic_write_bytes(recipe_file(run_dir, plan.recipe_hash),
+                       yaml.safe_dump(plan.recipe.model_dump(mode="json", exclude={"out"}), sort_keys=False).encode())
+    atomic_write_json(plan_file(run_dir, plan.recipe_hash), {**plan.to_json(), "cwd": os.getcwd()})
+    try:
+        with open(run_dir / "commands.log", "a") as log:
+            log.write(f"{datetime.now().isoformat(timespec='seconds')} {plan.recipe_hash} {shlex.join(sys.argv)}\n")
+    except OSError as err:
+        raise HarnessError(f"cannot write {run_dir / 'commands.log'} ({err.strerror})",
+                           "make the run folder writable, or choose another with --out") from None
 
-    def h2c_settings(self, method: dict[str, Any]) -> dict[str, str]:
-        """The recipe's prompts and mode, with the method's ``h2c:`` overrides applied."""
-        g = self.recipe.guide
-        return {"positive": g.positive, "negative": g.negative, "mode": g.mode, **method.get("h2c", {})}
 
-    def _guide_or_build(self):
-        from harness.guide import build_guide
+def load_stored_plan(run_dir: Path, recipe_hash: str) -> Plan:
+    """The plan a parent wrote into ``run_dir`` (rebuilt from the stored recipe, checked against its hash)."""
+    path = recipe_file(run_dir, recipe_hash)
+    if not path.is_file():
+        raise HarnessError(f"{run_dir} holds no recipe {recipe_hash}", "start the run with `harness run RECIPE`")
+    plan = build_plan(load_recipe(path, check_paths=False))
+    if plan.recipe_hash != recipe_hash:
+        raise HarnessError(f"recipe {path} rebuilds to hash {plan.recipe_hash}, not {recipe_hash}",
+                           "the harness version changed since the run was planned; rerun `harness run RECIPE`")
+    return plan
 
-        if self._guide is None:
-            g = self.recipe.guide
-            self._guide = build_guide(g.type, **g.params)
-        return self._guide
 
-    def loss(self, method: dict[str, Any]):
-        """The H2C loss for ``method`` (guide built once; one loss per prompt/mode setting)."""
-        from harness.guide.h2c import H2CLoss
+# ------------------------------------------------------------------ forcing
 
-        settings = self.h2c_settings(method)
-        key = stable_hash(settings)
-        if key not in self._losses:
-            self._losses[key] = H2CLoss(self._guide_or_build(), **settings).to(self.device)
-        return self._losses[key]
 
-    def _task(self, description: str, total: int):
-        assert self.progress is not None
-        task = self.progress.add_task(description, total=total)
+def force(plan: Plan, run_dir: Path, stage: str, ctx) -> list[Task]:
+    """Mark every task of ``stage`` and every task downstream of one to be recomputed once.
 
-        def update(done: int, total_: int, info: dict[str, float]) -> None:
-            text = " ".join(f"{k}={v:.4g}" for k, v in info.items())
-            self.progress.update(task, completed=done, total=total_, description=f"{description} {text}")
+    The force file holds each task's commit at the time of forcing; once a task has been rebuilt
+    (new commit) it is no longer forced, so a requeued Slurm task does not redo it.
+    """
+    from harness.stages import stage_of
 
-        return task, update
+    if stage not in STAGES:
+        raise HarnessError(f"unknown --force stage {stage!r}", f"use one of: {', '.join(STAGES)}")
+    first = STAGES.index(stage)
+    chosen: dict[str, Task] = {}
+    for task in plan.tasks.values():
+        if STAGES.index(task.kind) >= first or any(d in chosen for d in task.deps):
+            chosen[task.id] = task
+    marks = read_json(Path(run_dir) / FORCE_FILE) or {}
+    marks.update({t.id: stage_of(t).commit_of(t, ctx) for t in chosen.values()})
+    atomic_write_json(Path(run_dir) / FORCE_FILE, marks)
+    return list(chosen.values())
 
-    # ------------------------------------------------------------ stages
 
-    def pretrained(self, cell: Cell) -> torch.nn.Module:
-        """The deploy-form pretrained model of ``cell``, trained now unless cached."""
-        folder = self.store.pretrained_dir(cell.pretrain_id)
-        path = folder / "model.safetensors"
-        bb = cell.backbone
-        extra = {k: v for k, v in bb.items() if k not in ("type", "variant")}
-        with file_lock(folder / ".lock"):
-            if not weights_ready(path):
-                torch.manual_seed(cell.seed)
-                model = build_backbone(bb["type"], bb["variant"], **extra)
-                data = self.dataset(cell.pretrain)
-                if not data.has_reference:
-                    raise HarnessError(f"pretraining set {cell.labels['pretrain']} has no clear images",
-                                       "pretrain needs a paired dataset (hazy + clear)")
-                budget = self.recipe.budget
-                task, update = self._task(f"pretrain {cell.labels['backbone']} on {cell.labels['pretrain']}",
-                                          budget.pretrain_steps)
-                start = time.perf_counter()
-                model, _ = pretrain_supervised(
-                    model, ImageSequence([p.hazy for p in data.pairs]), ImageSequence([p.clear for p in data.pairs]),
-                    steps=budget.pretrain_steps, lr=budget.pretrain_lr, batch_size=budget.batch_size,
-                    patch_size=budget.patch_size, seed=cell.seed, state_path=folder / "state.pt",
-                    checkpoint_every=budget.checkpoint_every, device=self.device, progress=update,
-                )
-                self.progress.remove_task(task)
-                deployed = model.deploy()
-                save_weights(path, deployed, {
-                    "backbone": bb["type"], "variant": bb["variant"], "options": extra, "form": "deploy",
-                    "pretrain": cell.pretrain, "seed": cell.seed, "train_seconds": time.perf_counter() - start,
-                    "data_fingerprint": data.fingerprint(),
-                })
-                (folder / "state.pt").unlink(missing_ok=True)
-        model = build_backbone(bb["type"], bb["variant"], **extra).deploy()
-        load_weights(path, model)
-        return model.to(self.device).eval()
+def forced_tasks(plan: Plan, run_dir: Path, ctx) -> set[str]:
+    from harness.stages import stage_of
 
-    def target_split(self, cell: Cell) -> tuple[ImageSequence, ImageSequence]:
-        """Deterministic train/val split of the target images (independent of method and seed)."""
-        data = self.dataset(cell.target)
-        names = sorted(p.name for p in data.pairs)
-        by_name = {p.name: p for p in data.pairs}
-        order = sorted(names, key=lambda n: stable_hash(n))
-        cut = max(1, min(len(order) - 1, round(len(order) * self.recipe.target_split)))
-        if len(order) < 2:
-            raise HarnessError(f"target set {cell.labels['target']} has {len(order)} image(s)",
-                               "adaptation needs at least 2 target images (train and validation)")
-        train = ImageSequence([by_name[n].hazy for n in order[:cut]])
-        val = ImageSequence([by_name[n].hazy for n in order[cut:]])
-        return train, val
+    marks = read_json(Path(run_dir) / FORCE_FILE) or {}
+    return {tid for tid, old in marks.items()
+            if tid in plan.tasks and stage_of(plan.tasks[tid]).commit_of(plan.tasks[tid], ctx) == old}
 
-    def adapted(self, cell: Cell, base: torch.nn.Module) -> tuple[torch.nn.Module, dict[str, Any]]:
-        """The adapted, merged model of ``cell`` and its metadata, adapted now unless cached."""
-        folder = self.store.adapted_dir(cell.adapt_id)
-        path = folder / "model.safetensors"
-        method = cell.method
-        with file_lock(folder / ".lock"):
-            if not weights_ready(path):
-                adapter = build_method(method)
-                guide_info = ({**self._guide_or_build().describe(), **self.h2c_settings(method)}
-                              if adapter.needs_loss else None)
-                train, val = self.target_split(cell)
-                job = AdaptJob(
-                    model=base, train_images=train, val_images=val,
-                    loss_fn=self.loss(method) if adapter.needs_loss else None,
-                    batch_size=self.recipe.budget.batch_size, patch_size=self.recipe.budget.patch_size,
-                    workdir=folder / "work", seed=cell.seed, device=self.device,
-                )
-                if "source" in method:
-                    job.source_model = self.source_model(cell)
-                task, job.progress = self._task(f"adapt {cell.labels['method']}", 1)
-                torch.manual_seed(cell.seed)
-                start = time.perf_counter()
-                with peak_memory(self.device, model=(base, job.loss_fn, job.source_model)) as mem:
-                    result = adapter.run(job)
-                seconds = time.perf_counter() - start
-                self.progress.remove_task(task)
-                self._stamp_adapter(result.artifacts.get("adapter"), cell, guide_info)
-                meta = {
-                    "backbone": cell.backbone["type"], "variant": cell.backbone["variant"], "form": "deploy",
-                    "method": method, "train_seconds": seconds, "peak_mem_mb": mem["peak_mem_mb"],
-                    "params_trainable": result.params_trainable, "info": result.info, "guide": guide_info,
-                    "artifacts": {k: self.store.relative(v) for k, v in result.artifacts.items()},
-                }
-                save_weights(path, result.model, meta)
-                shutil.rmtree(folder / "work", ignore_errors=True)
-        bb = cell.backbone
-        extra = {k: v for k, v in bb.items() if k not in ("type", "variant")}
-        model = build_backbone(bb["type"], bb["variant"], **extra).deploy()
-        meta = load_weights(path, model)
-        return model.to(self.device).eval(), meta
 
-    def source_cell(self, cell: Cell) -> Cell:
-        """The cell whose adaptation ``cell``'s method builds on (its ``source:`` method spec)."""
-        source = cell.method["source"]
-        return cell.model_copy(update={
-            "method": source, "adapt_id": adapt_key(self.recipe, cell.pretrain_id, cell.target, source, cell.seed),
-            "labels": {**cell.labels, "method": source["type"]},
-        })
+# ------------------------------------------------------------------ the parent
 
-    def source_model(self, cell: Cell) -> torch.nn.Module:
-        """The adapted model of ``cell``'s source method, adapted now unless cached."""
-        source = self.source_cell(cell)
-        model, _ = self.adapted(source, self.pretrained(source))
-        return model
 
-    def _stamp_adapter(self, adapter: Path | None, cell: Cell, guide_info: dict[str, Any] | None) -> None:
-        """Record in an adapter's sidecar which base checkpoint, backbone and guide it belongs to."""
-        if adapter is None or not sidecar(adapter).is_file():
-            return
-        base = self.store.pretrained_dir(cell.pretrain_id) / "model.safetensors"
-        meta = json.loads(sidecar(adapter).read_text())
-        bb = cell.backbone
-        meta.update({"backbone": bb["type"], "variant": bb["variant"],
-                     "options": {k: v for k, v in bb.items() if k not in ("type", "variant")},
-                     "base_sha256": file_sha256(base), "guide": guide_info, "method": cell.method})
-        atomic_write_json(sidecar(adapter), meta)
+def context(plan: Plan, run_dir: Path, strategy=None, progress=None):
+    """A StageContext for ``plan`` in this process (strategy from the recipe and the environment)."""
+    from harness.engine.strategy import make_strategy
+    from harness.stages.context import StageContext
+    from harness.store import RunStore
+    from harness.ui.progress import RunProgress
 
-    def run_cell(self, cell: Cell) -> dict[str, Any]:
-        base = self.pretrained(cell)
-        pretrain_meta = sidecar(self.store.pretrained_dir(cell.pretrain_id) / "model.safetensors")
-        model, meta = self.adapted(cell, base)
-        benchmarks = {b.name: self.dataset(b.spec()) for b in self.recipe.benchmarks}
-        means = score_model(
-            model, benchmarks, self.metrics(), self.store.scores_dir(cell.id), self.device,
-            max_side=self.recipe.eval.max_side, on_corrupt=self.recipe.on_corrupt,
-            save_outputs=self.recipe.eval.save_outputs,
-        )
-        efficiency = {
-            "train_seconds": meta["train_seconds"],
-            "params_trainable": meta["params_trainable"],
-            "peak_mem_mb": meta["peak_mem_mb"],
-            **efficiency_figures(model, device=self.device),
-        }
-        pre_info = load_sidecar(pretrain_meta)
-        data_hashes = {"pretrain": pre_info.get("data_fingerprint"),
-                       "target": self.dataset(cell.target).fingerprint(),
-                       **{f"benchmark:{k}": v.fingerprint() for k, v in benchmarks.items()}}
-        return {
-            "cell": cell.model_dump(),
-            "provenance": {
-                **git_state(), "packages": package_versions(), "environment": environment(),
-                "device": str(self.device), "data_hashes": data_hashes, "guide": meta.get("guide"),
-                "recipe": self.recipe.name, "pretrain_seconds": pre_info.get("train_seconds"),
-                "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            },
-            "metrics": means,
-            "metric_directions": {n: (m.spec.lower_better if m is not None else None)
-                                  for n, m in self.metrics().items()},
-            "efficiency": efficiency,
-            "method_info": meta.get("info", {}),
-            "artifacts": {
-                "pretrained": self.store.relative(self.store.pretrained_dir(cell.pretrain_id) / "model.safetensors"),
-                "adapted": self.store.relative(self.store.adapted_dir(cell.adapt_id) / "model.safetensors"),
-                **meta.get("artifacts", {}),
-            },
-        }
+    strategy = strategy or make_strategy(plan.recipe)
+    progress = progress or RunProgress(Path(run_dir) / "run.log")
+    ctx = StageContext(plan, RunStore(run_dir), strategy, progress)
+    ctx.forced = forced_tasks(plan, run_dir, ctx)
+    return ctx
 
-    # ------------------------------------------------------------ the run
 
-    def run(self, force: bool = False) -> RunSummary:
-        cells = expand(self.recipe)
-        rank, world = rank_world()
-        mine = [c for c in cells if c.index % world == rank]
-        summary = RunSummary(self.store.root, total=len(cells))
-        self._write_run_files(cells)
-        todo = []
-        for cell in mine:
-            if self.store.is_done(cell.id) and not force:
-                summary.skipped += 1
-            else:
-                todo.append(cell)
-        self._prepare(todo)
-        start = time.perf_counter()
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TimeElapsedColumn(), TimeRemainingColumn())
-        with Progress(*columns, console=self.console, transient=False) as progress:
-            self.progress = progress
-            overall = progress.add_task("cells", total=len(todo))
-            for cell in todo:
-                progress.update(overall, description=f"cell {cell.id} {'/'.join(cell.labels.values())}")
-                record = self.run_cell(cell)
-                self.store.write_record(cell.id, record)
-                summary.ran.append(cell.id)
-                progress.advance(overall)
-            progress.update(overall, description="cells")
-        self.progress = None
-        summary.seconds = time.perf_counter() - start
-        return summary
+def check_before_work(ctx, todo: list[Task], build_guide: bool = True) -> None:
+    """Fail before any training: every dataset, metric and (when a task needs it) the guide.
 
-    def _prepare(self, todo: list[Cell]) -> None:
-        """Fail before any training: check every dataset, metric and (if needed) the guide."""
-        for cell in todo:
-            self.dataset(cell.pretrain)
-            self.dataset(cell.target)
+    The parent of a Slurm run leaves the guide to the jobs (a login node should not train one).
+    """
+    from harness.stages.adapt import build_method
+
+    kinds = {t.kind for t in todo}
+    for task in todo:
+        if task.kind == "pretrain":
+            ctx.dataset(task.spec["data"])
+        elif task.kind == "adapt":
+            ctx.dataset(task.spec["target"])
+            if build_guide and build_method(task.spec["method"]).needs_loss:
+                ctx.loss(task.spec["method"])
+    if "score" in kinds:
+        for entry in ctx.recipe.benchmarks:
+            ctx.dataset(entry.spec())
+        ctx.metrics()
+    check_overlap(ctx)
+
+
+def check_overlap(ctx) -> None:
+    """Stop when a target image also appears in a benchmark (decoded content), unless allowed."""
+    try:
+        from harness.data.overlap import find_overlap
+    except ImportError:  # the content check is added with the data module that provides it
+        return
+    if ctx.recipe.allow_overlap:
+        return
+    for target in ctx.recipe.target:
+        for bench in ctx.recipe.benchmarks:
+            hits = find_overlap(ctx.dataset(target.spec()), ctx.dataset(bench.spec()))
+            if hits:
+                a, b = hits[0]
+                raise HarnessError(
+                    f"{len(hits)} target image(s) of {target.name} also appear in benchmark {bench.name} "
+                    f"(e.g. {a} = {b}): adapting on test images inflates the scores",
+                    "use a target set disjoint from the benchmarks, or set allow_overlap: true (it is recorded)")
+
+
+def run(recipe: Recipe, run_dir: Path, *, launcher: str = "inline", workers: int = 1, nproc_per_node: int = 1,
+        nnodes: int = 1, force_stage: str | None = None, strategy: str | None = None,
+        launcher_args: list[str] | None = None, wait: bool = True) -> RunSummary:
+    """Run every task of ``recipe`` that is not done, with the chosen executor."""
+    from harness.launch.distributed import barrier, ensure_process_group, rank_world
+    from harness.stages import statuses
+
+    if strategy:
+        recipe = recipe.model_copy(update={"engine": recipe.engine.model_copy(update={"strategy": strategy})})
+    started = time.perf_counter()
+    plan = build_plan(recipe)
+    rank, world = rank_world()
+    if world > 1:
+        ensure_process_group()
+    if rank == 0:
+        write_run_files(plan, run_dir)
+    barrier()
+    # a parent that only launches workers trains nothing itself: a plain CPU strategy, no process group
+    external = launcher != "inline"
+    ctx = context(plan, run_dir, strategy=Strategy("cpu") if external else None)
+    with ctx.progress:
+        if force_stage and rank == 0:
+            forced = force(plan, run_dir, force_stage, ctx)
+            counts = {k: sum(t.kind == k for t in forced) for k in STAGES}
+            ctx.progress.line("--force " + force_stage + ": recomputing " +
+                              ", ".join(f"{n} {k} task(s)" for k, n in counts.items() if n))
+        barrier()
+        ctx.forced = forced_tasks(plan, run_dir, ctx)
+        status = statuses(ctx)
+        todo = [plan.tasks[t] for t, s in status.items() if s != "done"]
+        stale = [t for t, s in status.items() if s == "stale" and t not in ctx.forced]
+        summary = RunSummary(Path(run_dir), len(plan.cells), len(plan.tasks), done_before=len(plan.tasks) - len(todo))
+        if stale and rank == 0:
+            ctx.progress.line(f"{len(stale)} task(s) are stale (their data or inputs changed since they ran) "
+                              "and will be recomputed: " + ", ".join(plan.tasks[t].label for t in stale[:5]))
+        ctx.progress.line(f"{recipe.name}: {len(plan.cells)} cell(s), {len(plan.tasks)} task(s), "
+                          f"{summary.done_before} done, {len(todo)} to run ({launcher})")
         if todo:
-            for entry in self.recipe.benchmarks:
-                self.dataset(entry.spec())
-            self.metrics()
-        for c in todo:
-            pending = [c] + ([self.source_cell(c)] if "source" in c.method else [])
-            for p in pending:
-                if not weights_ready(self.store.adapted_dir(p.adapt_id) / "model.safetensors") and \
-                        build_method(p.method).needs_loss:
-                    self.loss(p.method)
-
-    def _write_run_files(self, cells: list[Cell]) -> None:
-        root = self.store.root
-        root.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(root / "recipe.yaml",
-                           yaml.safe_dump(self.recipe.model_dump(mode="json"), sort_keys=False).encode())
-        atomic_write_json(root / "manifest.json", {
-            "recipe": self.recipe.name, "cells": [c.model_dump() for c in cells], **git_state(),
-        })
+            check_before_work(ctx, todo, build_guide=launcher != "slurm")
+            summary.ran = execute(launcher, plan, ctx, todo, workers=workers, nproc_per_node=nproc_per_node,
+                                  nnodes=nnodes, launcher_args=launcher_args or [], wait=wait)
+    summary.seconds = time.perf_counter() - started
+    return summary
 
 
-def build_method(spec: dict[str, Any]):
-    """The method object of a cell's method spec (``h2c`` is the runner's, not the method's)."""
-    return METHODS.build(spec["type"], **{k: v for k, v in spec.items() if k not in ("type", "h2c")})
+LAUNCHERS = ("inline", "local", "torchrun", "deepspeed", "slurm")
 
 
-def load_sidecar(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text()) if path.is_file() else {}
+def execute(launcher: str, plan: Plan, ctx, todo: list[Task], **options: Any) -> list[str]:
+    import importlib
+
+    if launcher not in LAUNCHERS:
+        raise HarnessError(f"unknown launcher {launcher!r}", f"use one of: {', '.join(LAUNCHERS)}")
+    return importlib.import_module(f"harness.exec.{launcher}").execute(plan, ctx, todo, **options)

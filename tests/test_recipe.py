@@ -6,7 +6,8 @@ import pytest
 import yaml
 
 from harness.errors import HarnessError
-from harness.recipe import apply_overrides, expand, load_recipe
+from harness.plan import expand
+from harness.recipe import apply_overrides, load_recipe
 
 QUICKSTART = Path(__file__).resolve().parents[1] / "recipes" / "quickstart.yaml"
 

@@ -7,18 +7,75 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 import torch
 
+from harness.errors import HarnessError
 from harness.store import RunStore, atomic_write_json, load_weights, save_weights, weights_ready
+
+
+def record(index: int, cid: str, **provenance) -> dict:
+    return {"cell": {"index": index, "id": cid}, "provenance": provenance, "metrics": {}, "efficiency": {}}
 
 
 def test_records_round_trip_in_cell_order(tmp_path):
     store = RunStore(tmp_path)
     for index, cid in [(2, "bbb"), (0, "ccc"), (1, "aaa")]:
-        store.write_record(cid, {"cell": {"index": index, "id": cid}})
+        store.write_record(cid, record(index, cid))
     assert [r["cell"]["id"] for r in store.records()] == ["ccc", "aaa", "bbb"]
     assert store.is_done("aaa") and not store.is_done("zzz")
     assert not list((tmp_path / "cells").glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("content", ['{"cell": {"index": 0}, "metr', "{}", "[1, 2]", "", "\x00\xff"])
+def test_a_broken_record_is_not_a_finished_cell_and_is_named(tmp_path, capsys, content):
+    """Issue 9 failure 6: a truncated record counted as done and crashed run/report with a bare JSONDecodeError."""
+    store = RunStore(tmp_path)
+    store.write_record("good", record(0, "good"))
+    (tmp_path / "cells" / "bad.json").write_text(content)
+    assert not store.is_done("bad") and store.read_record("bad") is None
+    assert [r["cell"]["id"] for r in store.records()] == ["good"]
+    err = capsys.readouterr().err
+    assert err.count("bad.json") == 1 and "recomputed" in err
+
+
+def test_written_files_follow_the_umask(tmp_path):
+    """Issue 9: records and checkpoints were 0600 whatever the umask (mkstemp's mode)."""
+    old = os.umask(0o022)
+    try:
+        atomic_write_json(tmp_path / "r.json", {"a": 1})
+        save_weights(tmp_path / "m.safetensors", torch.nn.Linear(2, 2), {})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "r.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "m.safetensors").stat().st_mode & 0o777 == 0o644
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_temporary_file(tmp_path, monkeypatch):
+    import errno
+
+    import harness.store.files as files
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(files.os, "fsync", full)
+    with pytest.raises(HarnessError, match=r"disk full while writing .*r.json -- fix: free space"):
+        atomic_write_json(tmp_path / "r.json", {"a": 1})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_folder_we_may_not_write_is_one_line(tmp_path, monkeypatch):
+    import errno
+
+    import harness.store.files as files
+
+    def refuse(**kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(files.tempfile, "mkstemp", refuse)
+    with pytest.raises(HarnessError, match=r"cannot write .*r.json \(Permission denied\) -- fix: make the run folder"):
+        atomic_write_json(tmp_path / "r.json", {"a": 1})
 
 
 def test_weights_count_only_with_sidecar(tmp_path):
@@ -40,7 +97,7 @@ def test_killed_writer_leaves_old_file_whole(tmp_path):
     script = textwrap.dedent(f"""
         import os, sys
         from pathlib import Path
-        import harness.store as s
+        import harness.store.files as s
         real_replace = os.replace
         def slow_replace(a, b):
             print("writing", flush=True)
@@ -61,7 +118,6 @@ def test_records_keep_each_recipe_together_in_the_order_the_recipes_ran(tmp_path
     runs = [("quickstart", "2026-01-01T10:00:00", 3), ("ablation", "2026-01-01T11:00:00", 2)]
     for recipe, at, count in runs:
         for index in reversed(range(count)):
-            store.write_record(f"{recipe}{index}", {"cell": {"index": index},
-                                                    "provenance": {"recipe": recipe, "finished_at": at}})
+            store.write_record(f"{recipe}{index}", record(index, f"{recipe}{index}", recipe=recipe, finished_at=at))
     order = [(r["provenance"]["recipe"], r["cell"]["index"]) for r in store.records()]
     assert order == [("quickstart", 0), ("quickstart", 1), ("quickstart", 2), ("ablation", 0), ("ablation", 1)]

@@ -11,7 +11,7 @@ from torch import nn
 from harness.adapt.base import LossFn, ProgressFn
 from harness.data.patches import sample_patches
 from harness.errors import HarnessError
-from harness.store import load_training_state, save_training_state
+from harness.store.files import load_training_state, save_training_state
 
 CHECKPOINT_EVERY = 25  # steps between saved states (a killed run loses at most this many)
 

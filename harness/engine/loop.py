@@ -37,7 +37,7 @@ from typing import Any, Callable, ContextManager, Iterator, Protocol
 
 import torch
 
-from harness.errors import HarnessError
+from harness.errors import HarnessError, Preempted
 
 ProgressFn = Callable[[int, int, dict[str, float]], None]
 
@@ -50,14 +50,6 @@ class Stepper(Protocol):
 
     def step(self, step: int, rng: torch.Generator) -> dict[str, float]:
         """One optimisation step; returns scalars to log (``loss`` is checked to be finite)."""
-
-
-class Preempted(Exception):
-    """Raised after the state was saved because SIGTERM/SIGUSR1 arrived; a rerun resumes at ``step``."""
-
-    def __init__(self, stage: str, step: int, state_path: Path):
-        self.stage, self.step, self.state_path = stage, step, state_path
-        super().__init__(f"{stage}: preempted at step {step}; state saved to {state_path}; rerun to resume")
 
 
 @dataclass
@@ -124,6 +116,10 @@ class TrainLoop:
         stateful = stepper.stateful()
         meta = self.strategy.load_state(self.state_path, stateful, rng)
         start = int(meta.get("step", 0))
+        if start:
+            from harness.ui.progress import emit
+
+            emit(f"{self.stage}: resuming at step {start} of {self.steps} from {self.state_path}")
         curve: list[dict[str, float]] = list(meta.get("curve", []))
         seconds = float(meta.get("seconds", 0.0))
         probe = set(getattr(stepper, "probe_steps", lambda s: {s, s + 1})(start)) if self.memory_probe else set()

@@ -192,6 +192,25 @@ class DataParallel(Strategy):
         dist.barrier()
 
 
+def make_strategy(recipe) -> Strategy:
+    """The strategy a recipe asks for in this process: ``auto`` is DDP under several ranks, else one device."""
+    from harness.launch.distributed import rank_world
+    from harness.stages.context import resolve_device
+
+    name = recipe.engine.strategy
+    device = resolve_device(recipe.device)
+    world = rank_world()[1]
+    if name == "deepspeed":
+        from harness.engine.deepspeed import DeepSpeedStrategy
+
+        return DeepSpeedStrategy(device, zero_stage=recipe.engine.zero_stage, precision=recipe.engine.precision)
+    if name == "ddp" or (name == "auto" and world > 1):
+        if world == 1:
+            return Strategy(device)  # DDP over one process is the single-device computation
+        return DataParallel(device)
+    return Strategy(device)
+
+
 _CURRENT: list[Strategy] = []
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import List, Optional
 
 import typer
 
@@ -80,9 +80,7 @@ def tune_command(
                     f"use it as guide: {{type: open_clip, model: {model}, pretrained: {out}}}", highlight=False)
 
 
-def register(app: typer.Typer, wrap: Callable[[Callable], Callable]) -> None:
-    """Add the ``guide`` command group to ``app``; ``wrap`` turns HarnessErrors into one line."""
-    guide = typer.Typer(no_args_is_help=True, help="Probe a guide before training with it; tune a CLIP into one.")
-    guide.command("probe")(wrap(probe_command))
-    guide.command("tune")(wrap(tune_command))
-    app.add_typer(guide, name="guide")
+guide_app = typer.Typer(no_args_is_help=True, add_completion=False,
+                        help="Probe a guide before training with it; tune a CLIP into one.")
+guide_app.command("probe")(probe_command)
+guide_app.command("tune")(tune_command)

@@ -62,7 +62,7 @@ def train_embedded(steps: int, seed: int, state_path: Path, batch_size: int = 64
 def load_embedded(steps: int = 600, seed: int = 0, cache: Path | None = None, progress: bool = True,
                   views: int = 8, view_scale: float = 0.5, **training) -> Guide:
     """The embedded guide, trained on first use and loaded from the cache afterwards."""
-    from harness.recipe import stable_hash
+    from harness.plan.ids import stable_hash
 
     model_name = training.get("model_name", TINY_MODEL)
     config = {"model": json.loads(Path(__file__).with_name(f"{model_name}.json").read_text()),

@@ -1,0 +1,113 @@
+"""What the tasks of one run share inside one process: the recipe and its plan, the run folder, the
+strategy, and resources built once (datasets and their fingerprints, metrics, the guide, H2C losses)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from harness.engine.strategy import Strategy
+from harness.errors import HarnessError
+from harness.plan.graph import Plan, Task
+from harness.plan.ids import stable_hash
+from harness.recipe import Recipe
+from harness.registry import DATASETS
+from harness.store import RunStore
+from harness.ui.progress import RunProgress
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> this rank's GPU if there is one, else the CPU; a missing CUDA is a clear error."""
+    import os
+
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise HarnessError(f"device {name!r} requested but CUDA is not available", "set device: auto or cpu")
+    return torch.device(name)
+
+
+@dataclass
+class StageContext:
+    plan: Plan
+    store: RunStore
+    strategy: Strategy
+    progress: RunProgress
+    forced: set[str] = field(default_factory=set)  # task ids to recompute even if fresh
+    _datasets: dict[str, Any] = field(default_factory=dict)
+    _fingerprints: dict[str, str] = field(default_factory=dict)
+    _metrics: dict | None = None
+    _guide: Any = None
+    _losses: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def recipe(self) -> Recipe:
+        return self.plan.recipe
+
+    @property
+    def device(self) -> torch.device:
+        return self.strategy.device
+
+    def dataset(self, entry: dict[str, Any]):
+        key = stable_hash(entry)
+        if key not in self._datasets:
+            params = {k: v for k, v in entry.items() if k not in ("type", "reweight")}
+            self._datasets[key] = DATASETS.build(entry["type"], **params)
+        return self._datasets[key]
+
+    def fingerprint(self, entry: dict[str, Any]) -> str:
+        """Content fingerprint of a dataset (names, sizes and sampled bytes of every file)."""
+        key = stable_hash(entry)
+        if key not in self._fingerprints:
+            self._fingerprints[key] = self.dataset(entry).fingerprint()
+        return self._fingerprints[key]
+
+    def metrics(self) -> dict:
+        """Every metric of the recipe, built once; an optional one that cannot be built is None (n/a)."""
+        from harness.metrics.base import build_metric
+
+        if self._metrics is None:
+            self._metrics = {}
+            for entry in self.recipe.metrics:
+                try:
+                    self._metrics[entry.name] = build_metric(entry.type, **entry.params)
+                except HarnessError as err:
+                    if not entry.optional:
+                        raise
+                    self.progress.line(f"metric {entry.name} not available: {err}")
+                    self._metrics[entry.name] = None
+        return self._metrics
+
+    def h2c_settings(self, method: dict[str, Any]) -> dict[str, str]:
+        """The recipe's prompts and mode with the method's ``h2c:`` overrides applied."""
+        g = self.recipe.guide
+        return {"positive": g.positive, "negative": g.negative, "mode": g.mode, **method.get("h2c", {})}
+
+    def guide(self):
+        from harness.guide import build_guide
+
+        if self._guide is None:
+            g = self.recipe.guide
+            self._guide = build_guide(g.type, **g.params)
+        return self._guide
+
+    def loss(self, method: dict[str, Any]):
+        """The H2C loss of ``method`` (one per prompt/mode setting), on this process's device."""
+        from harness.guide.h2c import H2CLoss
+
+        settings = self.h2c_settings(method)
+        key = stable_hash(settings)
+        if key not in self._losses:
+            self._losses[key] = H2CLoss(self.guide(), **settings).to(self.device)
+        return self._losses[key]
+
+    def relative(self, path: Path) -> str:
+        return self.store.relative(path)
+
+    def task(self, task_id: str) -> Task:
+        return self.plan.tasks[task_id]
