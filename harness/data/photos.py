@@ -96,9 +96,9 @@ def depth_from_disparity(path: Path) -> np.ndarray:
 def signature(image: np.ndarray, side: int = 32) -> np.ndarray:
     """A content signature: the high-passed, unit-norm grey thumbnail of the central square.
 
-    Two copies of one photo (re-encoded, rescaled, cropped to its central square, hazed) have
-    signatures whose dot product is near 1; unrelated photos score far lower (the high-pass removes
-    the sky-above-ground gradient that most outdoor photos share).
+    Two copies of one photo (re-encoded, rescaled, hazed) have signatures whose dot product is near
+    1; unrelated photos score far lower (the high-pass removes the sky-above-ground gradient that
+    most outdoor photos share). Differently cropped copies are not recognised.
     """
     grey = image.mean(axis=2)
     h, w = grey.shape
@@ -106,5 +106,58 @@ def signature(image: np.ndarray, side: int = 32) -> np.ndarray:
     top, left = (h - s) // 2, (w - s) // 2
     square = grey[top:top + s, left:left + s]
     thumb = ndimage.zoom(ndimage.gaussian_filter(square, s / (3 * side)), side / s, order=1)[:side, :side]
-    thumb = thumb - ndimage.gaussian_filter(thumb, side / 8)
+    detail = thumb - ndimage.gaussian_filter(thumb, side / 8)
+    # divided by the local contrast, so haze (which scales detail by the transmission) leaves it alone
+    thumb = detail / (np.sqrt(ndimage.gaussian_filter(detail ** 2, side / 8)) + 1e-3)
+    thumb = thumb - thumb.mean()
     return (thumb / max(float(np.linalg.norm(thumb)), 1e-8)).ravel()
+
+
+def split_by_content(files: list[Path], threshold: float = 0.45) -> tuple[list[Path], list[Path]]:
+    """Split ``files`` into two halves that share no photo: files whose signatures match above
+    ``threshold`` (low on purpose: a false match only ties two files to one half) stay together;
+    groups are dealt alternately in name order, larger groups first."""
+    files = sorted(files)
+    sigs = np.stack([signature(read_image(f)) for f in files])
+    group = list(range(len(files)))
+
+    def root(i: int) -> int:
+        while group[i] != i:
+            i = group[i]
+        return i
+
+    close = sigs @ sigs.T
+    for i in range(len(files)):
+        for j in range(i + 1, len(files)):
+            if close[i, j] > threshold:
+                group[root(j)] = root(i)
+    groups: dict[int, list[Path]] = {}
+    for i, f in enumerate(files):
+        groups.setdefault(root(i), []).append(f)
+    halves: tuple[list[Path], list[Path]] = ([], [])
+    for members in sorted(groups.values(), key=lambda m: (-len(m), m[0].name)):
+        min(halves, key=len).extend(members)
+    return sorted(halves[0]), sorted(halves[1])
+
+
+def _split_command(argv: list[str]) -> None:
+    """``python -m harness.data.photos split SRC DEST``: DEST/a and DEST/b, symlinks to two halves of SRC."""
+    from harness.data.io import list_images
+
+    if len(argv) != 3 or argv[0] != "split":
+        raise SystemExit("usage: python -m harness.data.photos split SRC_FOLDER DEST_FOLDER")
+    src, dest = Path(argv[1]).resolve(), Path(argv[2])
+    for name, half in zip("ab", split_by_content(list_images(src))):
+        folder = dest / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for f in half:
+            link = folder / f.name
+            if not link.exists():
+                link.symlink_to(f)
+        print(f"{folder}: {len(half)} files")
+
+
+if __name__ == "__main__":
+    import sys
+
+    _split_command(sys.argv[1:])

@@ -16,21 +16,24 @@ if TYPE_CHECKING:
 
 
 @GUIDES.register("embedded")
-def embedded(steps: int = 600, seed: int = 0, cache_dir: Path | None = None, views: int = 8,
+def embedded(steps: int = 400, seed: int = 0, cache_dir: Path | None = None, views: int = 1,
              view_scale: float = 0.5, tower: Literal["vit", "conv"] = "vit", pool: int = 2048,
-             noise: float = 0.02) -> Guide:
-    """The harness's own degradation-aware tiny CLIP (trained once, then cached)."""
+             noise: float = 0.02, direction_weight: float = 1.0, adversarial: float = 0.031, image_size: int = 32,
+             align_weight: float = 2.0):
+    """The harness's own degradation-aware tiny CLIP (trained once, then cached): a ``Guide``."""
     from harness.guide.embedded import load_embedded
     from harness.guide.model import TINY_CONV_MODEL, TINY_MODEL
 
     return load_embedded(steps=steps, seed=seed, cache=cache_dir, views=views, view_scale=view_scale,
-                         model_name=TINY_MODEL if tower == "vit" else TINY_CONV_MODEL, pool=pool, noise=noise)
+                         model_name=TINY_MODEL if tower == "vit" else TINY_CONV_MODEL, pool=pool, noise=noise,
+                         direction_weight=direction_weight, adversarial=adversarial, image_size=image_size,
+                         align_weight=align_weight)
 
 
 @GUIDES.register("open_clip")
 def open_clip_guide(model: str = "ViT-B-32", pretrained: str | None = "openai", cache_dir: Path | None = None,
-                    views: int = 1, view_scale: float = 0.5) -> Guide:
-    """An open_clip model with weights from a cached tag or a local file."""
+                    views: int = 1, view_scale: float = 0.5):
+    """An open_clip model with weights from a cached tag or a local file: a ``Guide``."""
     from harness.guide.model import load_open_clip
 
     return load_open_clip(model, pretrained, cache_dir, views=views, view_scale=view_scale)

@@ -50,7 +50,9 @@ def probe_command(
     descent.add_row("after", f"{d['loss_after']:.3f}", f"{d['psnr_after']:.2f}", f"{d['ssim_after']:.3f}")
     console.print(descent)
     verdict = "leads towards the ground truth" if result.psnr_gain > 0 else "is fooled (PSNR falls)"
-    console.print(f"PSNR {result.psnr_gain:+.2f} dB, mean CIELAB a*b* shift {d['lab_shift']:.1f}: the guide {verdict}")
+    console.print(f"first step towards the ground truth: cos {d['gradient_alignment']:+.3f}; mean CIELAB a*b* shift "
+                  f"{d['lab_shift']:.1f} (ground truth: {d['lab_shift_ground_truth']:.1f}); "
+                  f"PSNR {result.psnr_gain:+.2f} dB: the guide {verdict}")
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(asdict(result), indent=1))
@@ -80,7 +82,7 @@ def tune_command(
                     f"use it as guide: {{type: open_clip, model: {model}, pretrained: {out}}}", highlight=False)
 
 
-guide_app = typer.Typer(no_args_is_help=True, add_completion=False,
+guide_app = typer.Typer(no_args_is_help=True, add_completion=False, rich_markup_mode=None,
                         help="Probe a guide before training with it; tune a CLIP into one.")
 guide_app.command("probe")(probe_command)
 guide_app.command("tune")(tune_command)

@@ -31,7 +31,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from harness.engine.strategy import Strategy
-from harness.guide.model import TINY_MODEL, Guide, create_model, image_size
+from harness.guide.model import TINY_MODEL, Guide, create_model
+from harness.guide.model import image_size as input_size
 from harness.guide.pairs import BETA, CAPTION_CLASSES, make_pairs
 from harness.guide.training import train_guide
 from harness.store import atomic_write_json, file_lock, file_sha256
@@ -46,14 +47,17 @@ def cache_dir(root: Path | None = None) -> Path:
 
 def train_embedded(steps: int, seed: int, state_path: Path, batch_size: int = 64, pool: int = 2048,
                    lr: float = 5e-4, noise: float = 0.02, model_name: str = TINY_MODEL, progress=None,
-                   strategy: Strategy | None = None) -> tuple[torch.nn.Module, dict]:
+                   strategy: Strategy | None = None, direction_weight: float = 1.0,
+                   adversarial: float = 0.0, image_size: int = 64,
+                   align_weight: float = 0.0) -> tuple[torch.nn.Module, dict]:
     """Train the tiny CLIP from scratch on captioned degraded crops; returns (model, training summary)."""
     torch.manual_seed(seed)
-    model = create_model(model_name)
-    images, labels = make_pairs(pool, image_size(model), seed)
-    result = train_guide(model, open_clip.get_tokenizer(model_name), images, labels, steps=steps, lr=lr,
+    model = create_model(model_name, force_image_size=image_size)
+    data = make_pairs(pool, image_size, seed)
+    result = train_guide(model, open_clip.get_tokenizer(model_name), data, steps=steps, lr=lr,
                          batch_size=batch_size, noise=noise, seed=seed, state_path=state_path,
-                         stage="embedded guide", progress=progress, strategy=strategy)
+                         stage="embedded guide", progress=progress, strategy=strategy,
+                         direction_weight=direction_weight, adversarial=adversarial, align_weight=align_weight)
     final = result.curve[-1]["loss"] if result.curve else float("nan")
     return model, {"steps": steps, "seed": seed, "final_loss": final, "seconds": result.seconds,
                    "curve": result.curve}
@@ -71,7 +75,7 @@ def load_embedded(steps: int = 600, seed: int = 0, cache: Path | None = None, pr
     key = stable_hash(config)
     path = cache_dir(cache) / f"{key}.safetensors"
     meta_path = path.with_suffix(".json")
-    model = create_model(model_name)
+    model = create_model(model_name, force_image_size=training.get("image_size", 64))
     with file_lock(path.with_name(f".{key}.lock")):  # torchrun ranks: one trains, the others wait and load
         if path.is_file() and meta_path.is_file():
             model.load_state_dict(load_file(str(path)))
@@ -90,7 +94,7 @@ def load_embedded(steps: int = 600, seed: int = 0, cache: Path | None = None, pr
     info = {"type": "embedded", "model": model_name, "config_hash": key, "pretrained": str(path),
             "sha256": file_sha256(path), "views": views, "view_scale": view_scale,
             "training": {k: v for k, v in summary.items() if k != "curve"}}
-    return Guide(model, open_clip.get_tokenizer(model_name), image_size(model),
+    return Guide(model, open_clip.get_tokenizer(model_name), input_size(model),
                  tuple(pre["mean"]), tuple(pre["std"]), info, views=views, view_scale=view_scale)
 
 

@@ -117,13 +117,13 @@ class Guide:
         return dict(self.info)
 
 
-def create_model(name: str, pretrained: str | None = None) -> nn.Module:
+def create_model(name: str, pretrained: str | None = None, **options) -> nn.Module:
     """``open_clip.create_model`` without its root-logger warning about random initialisation."""
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)
     try:
-        return open_clip.create_model(name, pretrained=pretrained)
+        return open_clip.create_model(name, pretrained=pretrained, **options)
     finally:
         root.setLevel(level)
 

@@ -9,6 +9,7 @@ blocking. Every crop also gets a mild colour and exposure jitter, so no cast def
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -91,9 +92,18 @@ def _degrade(clear: np.ndarray, depth: np.ndarray | None, label: str, rng: np.ra
     return synth.synthesize(clear, "nonuniform" if label == "uneven" else "night", rng, depth=depth)
 
 
+@dataclass
+class Captioned:
+    """Degraded crops, their classes (indices into ``CAPTION_CLASSES``) and the clean crops they came from."""
+
+    images: torch.Tensor  # (N, 3, S, S) in [0, 1]
+    labels: torch.Tensor  # (N,)
+    clean: torch.Tensor  # (N, 3, S, S): the crop before its degradation (equal to ``images`` for "clear")
+
+
 def make_pairs(count: int, size: int, seed: int, photo_share: float = 0.6,
-               photos: list[tuple[np.ndarray, np.ndarray | None]] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``count`` degraded crops (N, 3, size, size) in [0, 1] and their class indices into CAPTION_CLASSES.
+               photos: list[tuple[np.ndarray, np.ndarray | None]] | None = None) -> Captioned:
+    """``count`` captioned degraded crops of side ``size``, classes in turn.
 
     A share ``photo_share`` are crops of ``photos`` (``(image, depth or None)``; default: the
     ``guide`` photo pool), the rest procedural scenes with exact depth.
@@ -102,7 +112,7 @@ def make_pairs(count: int, size: int, seed: int, photo_share: float = 0.6,
 
     rng = np.random.default_rng(seed)
     photos = pool("guide") if photos is None else photos
-    images, labels = [], []
+    images, labels, clean = [], [], []
     for i in range(count):
         if rng.random() < photo_share:
             image, depth = photos[int(rng.integers(len(photos)))]
@@ -113,8 +123,9 @@ def make_pairs(count: int, size: int, seed: int, photo_share: float = 0.6,
         clear = _jitter(clear, rng)
         out = _degrade(np.ascontiguousarray(clear), depth, CAPTION_CLASSES[label][0], rng)
         images.append(torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1))).float())
+        clean.append(torch.from_numpy(np.ascontiguousarray(clear.transpose(2, 0, 1))).float())
         labels.append(label)
-    return torch.stack(images), torch.tensor(labels)
+    return Captioned(torch.stack(images), torch.tensor(labels), torch.stack(clean))
 
 
 def folder_photos(folder: Path) -> list[tuple[np.ndarray, None]]:

@@ -8,7 +8,8 @@ Two measurements per benchmark (``probe``):
   monochrome above the contrast stretch;
 - pixel-space descent: ``steps`` Adam steps on the pixels of the hazy input, minimising H2C, then
   PSNR/SSIM to the ground truth before and after, and how far the colours moved (mean CIELAB a*/b*
-  shift). A guide whose descent lowers PSNR is being fooled (adversarial changes), not followed.
+  shift), and the cosine between the first descent step and the way to the ground truth. A guide
+  whose descent lowers PSNR is being fooled (adversarial changes), not followed.
 """
 
 from __future__ import annotations
@@ -51,6 +52,14 @@ def lab_ab(images: torch.Tensor) -> np.ndarray:
 
     return np.stack([rgb2lab(x.permute(1, 2, 0).clamp(0, 1).numpy())[..., 1:].reshape(-1, 2).mean(0)
                      for x in images.detach().cpu()])
+
+
+def gradient_alignment(loss_fn, hazy: torch.Tensor, clear: torch.Tensor) -> float:
+    """Mean cosine between the loss's descent direction at the hazy input and ``clear - hazy``
+    (1: the first step heads straight for the ground truth, 0: unrelated, < 0: away from it)."""
+    x = hazy.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(loss_fn(x, hazy), x)
+    return float(torch.nn.functional.cosine_similarity(-grad.flatten(1), (clear - hazy).flatten(1), dim=1).mean())
 
 
 def descend(loss_fn, hazy: torch.Tensor, steps: int, lr: float) -> tuple[torch.Tensor, list[float]]:
@@ -98,18 +107,21 @@ def probe(loss_fn, hazy: torch.Tensor, clear: torch.Tensor, benchmark: str = "",
     from harness.metrics import build_metric
 
     psnr, ssim = build_metric("psnr"), build_metric("ssim")
-    repeats = evaluations if getattr(loss_fn.guide, "views", 1) > 1 else 1
+    repeats = evaluations if getattr(getattr(loss_fn, "guide", None), "views", 1) > 1 else 1
     with rng_state_kept():
         torch.manual_seed(seed)
         with torch.no_grad():
             h2c = {name: float(np.mean([loss_fn(edit(name, hazy, clear), hazy).item() for _ in range(repeats)]))
                    for name in EDITS}
+        alignment = gradient_alignment(loss_fn, hazy, clear)
         out, curve = descend(loss_fn, hazy, steps, lr)
     shift = np.linalg.norm(lab_ab(out) - lab_ab(hazy), axis=1).mean()
+    truth_shift = np.linalg.norm(lab_ab(clear) - lab_ab(hazy), axis=1).mean()
     descent = {"steps": steps, "lr": lr, "loss_before": h2c["input"], "loss_after": curve[-1] if curve else h2c["input"],
                "psnr_before": _mean_metric(psnr, hazy, clear), "psnr_after": _mean_metric(psnr, out, clear),
                "ssim_before": _mean_metric(ssim, hazy, clear), "ssim_after": _mean_metric(ssim, out, clear),
-               "lab_shift": float(shift)}
+               "lab_shift": float(shift), "lab_shift_ground_truth": float(truth_shift),
+               "gradient_alignment": alignment}
     return ProbeResult(benchmark, len(hazy), h2c, descent, curve)
 
 

@@ -46,10 +46,10 @@ def tune_open_clip(model: str, weights: Path, out: Path, *, steps: int = 300, lr
         raise HarnessError(f"steps, batch size and pool must be >= 1 (got {steps}, {batch_size}, {pool})")
     torch.manual_seed(seed)
     clip = create_model(model, pretrained=str(weights))
-    images, labels = make_pairs(pool, image_size(clip), seed, photos=folder_photos(photos) if photos else None)
+    data = make_pairs(pool, image_size(clip), seed, photos=folder_photos(photos) if photos else None)
     out.parent.mkdir(parents=True, exist_ok=True)
     state = out.with_name(f".{out.name}.state.pt")
-    result = train_guide(clip, open_clip.get_tokenizer(model), images, labels, steps=steps, lr=lr,
+    result = train_guide(clip, open_clip.get_tokenizer(model), data, steps=steps, lr=lr,
                          batch_size=batch_size, noise=noise, seed=seed, state_path=state,
                          stage="guide tuning", progress=progress)
     tensors = {k: v.detach().cpu().contiguous() for k, v in clip.state_dict().items()}
