@@ -169,3 +169,45 @@ def test_embedded_guide_separates_clear_from_hazy(shared_data):
         real = [margin(read_image(p)) for p in sorted((shared_data / "real_hazy").iterdir())]
     assert np.mean([c > h for c, h in pairs]) >= 0.9
     assert np.mean([[c > r for r in real] for c, _ in pairs]) >= 0.8
+
+
+class KnownEmbeddings:
+    """A stand-in guide whose image embedding is the unit-norm mean colour and whose texts embed to
+    fixed axes, so H2C can be worked out by hand."""
+
+    views = 1
+    model = torch.nn.Identity()
+    texts = {"a clear photo": [1.0, 0.0, 0.0], "a photo with haze": [0.0, 1.0, 0.0]}
+
+    def encode_text(self, prompts):
+        return torch.tensor([self.texts[p] for p in prompts])
+
+    def encode_image(self, images):
+        return F.normalize(images.mean((2, 3)), dim=-1)
+
+    encode_constant = encode_image
+
+    def views_of(self, *images):
+        return list(images)
+
+
+def flat(rgb, size=4):
+    return torch.tensor(rgb).view(1, 3, 1, 1).expand(1, 3, size, size).clone()
+
+
+def test_h2c_on_known_embeddings_by_hand():
+    """E(out) = (3, 4, 0)/5, E(in) = (0, 1, 0), T(pos) = (1, 0, 0), T(neg) = (0, 1, 0).
+
+    both: d = (1, -1, 0)/sqrt2, E(out) - E(in) = (0.6, -0.2, 0), |.| = sqrt(0.4),
+          cos = (0.6 + 0.2)/(sqrt2 * sqrt0.4) = 0.8/sqrt0.8 = sqrt0.8, loss = 1 - sqrt(0.8);
+    positive: 1 - E(out).T(pos) = 1 - 0.6 = 0.4 (no input term);
+    negative: 1 + E(out).T(neg) = 1 + 0.8 = 1.8 (only pushes away from haze)."""
+    out, inp = flat([0.3, 0.4, 0.0]), flat([0.0, 0.5, 0.0])
+    guide = KnownEmbeddings()
+    assert H2CLoss(guide, mode="both")(out, inp).item() == pytest.approx(1 - 0.8 ** 0.5, abs=1e-6)
+    assert H2CLoss(guide, mode="positive")(out, inp).item() == pytest.approx(0.4, abs=1e-6)
+    assert H2CLoss(guide, mode="negative")(out, inp).item() == pytest.approx(1.8, abs=1e-6)
+    # the ablations ignore the input: any other input, the same values
+    other = flat([0.9, 0.1, 0.2])
+    assert H2CLoss(guide, mode="positive")(out, other).item() == pytest.approx(0.4, abs=1e-6)
+    assert H2CLoss(guide, mode="negative")(out, other).item() == pytest.approx(1.8, abs=1e-6)
