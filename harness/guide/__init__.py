@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 @GUIDES.register("embedded")
 def embedded(steps: int = 400, seed: int = 0, cache_dir: Path | None = None, views: int = 1,
              view_scale: float = 0.5, tower: Literal["vit", "conv"] = "vit", pool: int = 2048,
-             noise: float = 0.02, direction_weight: float = 1.0, adversarial: float = 0.031, image_size: int = 32,
+             noise: float = 0.02, direction_weight: float = 1.0, adversarial: float = 0.25, image_size: int = 32,
              align_weight: float = 2.0):
     """The harness's own degradation-aware tiny CLIP (trained once, then cached): a ``Guide``."""
     from harness.guide.embedded import load_embedded
