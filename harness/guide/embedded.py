@@ -14,7 +14,12 @@ What makes its gradient lead towards clear images rather than fool the loss (mea
 - colour and exposure jitter on every class, scale jitter (crops of 35-100 % of the photo), flips
   and 90-degree turns (adaptation patches are turned too), and a little Gaussian noise on every
   image, so no single pixel pattern defines a class;
-- the H2C loss looks at each image through several random views (``views``, see ``h2c.py``).
+- adversarial training of the image tower (FGSM from a random start, radius ``adversarial``, on
+  half of each batch): the largest single gain, monotone in the radius up to the default 0.25;
+- gradient alignment (``align_weight``): the pixel gradient of the clear score is trained, by
+  double backprop, to point from a degraded crop towards its clean crop;
+- optionally, the H2C loss looks at each image through several random views (``views``, see
+  ``h2c.py``); measured, it does not help this guide.
 
 Training runs on the engine (:class:`harness.engine.loop.TrainLoop`): seeded, resumable, a few
 minutes on two CPU cores, then cached as safetensors keyed by a hash of its configuration.
