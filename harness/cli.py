@@ -27,6 +27,7 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
     "models": ("harness.models.catalog:models_command", "Backbones with parameters, FLOPs and LoRA sites."),
     "doctor": ("harness.doctor:doctor_command", "torch/CUDA, launchers, where weights are looked for; a recipe's needs."),
     "report": ("harness.report.command:report_command", "Tables (md, LaTeX), figures and an HTML page from a run's records."),
+    "guide": ("harness.guide.commands:guide_app", "Probe a guide before training with it; tune a CLIP into one."),
 }
 
 

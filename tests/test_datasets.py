@@ -175,7 +175,7 @@ def test_synthetic_sources_scenes_and_folder(tmp_path, shared_data):
 def test_synthetic_rejects_bad_options():
     with pytest.raises(HarnessError, match="unknown kind 'fog'"):
         DATASETS.build("synthetic", kind="fog")
-    with pytest.raises(HarnessError, match="neither 'skimage', 'scenes' nor a folder"):
+    with pytest.raises(HarnessError, match="neither a photo pool, 'scenes' nor a folder"):
         DATASETS.build("synthetic", source="/no/such/folder")
     with pytest.raises(HarnessError, match="count must be >= 1"):
         DATASETS.build("synthetic", count=0)

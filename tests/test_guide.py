@@ -1,5 +1,6 @@
 """Guide loading (no downloads, clear errors), the embedded guide cache, and the H2C loss by hand."""
 
+import dataclasses
 import time
 
 import numpy as np
@@ -20,7 +21,7 @@ def guide():
 
 
 def hand_h2c(guide, out, inp, pos="a clear photo", neg="a photo with haze", mode="both"):
-    """The loss written out from its definition, with one resize + normalisation per image."""
+    """The losses written out from the paper (Sec. 3.2 and 6.1), with one resize + normalisation per image."""
     mean = torch.tensor(guide.mean).view(1, 3, 1, 1)
     std = torch.tensor(guide.std).view(1, 3, 1, 1)
 
@@ -32,7 +33,11 @@ def hand_h2c(guide, out, inp, pos="a clear photo", neg="a photo with haze", mode
     tokens = guide.tokenizer([pos, neg])
     t = guide.model.encode_text(tokens)
     t = t / t.norm(dim=-1, keepdim=True)
-    d = {"both": t[0] - t[1], "positive": t[0], "negative": -t[1]}[mode]
+    if mode == "positive":  # align E(out) with T(pos); no input term
+        return (1 - embed(out) @ t[0]).mean()
+    if mode == "negative":  # only push E(out) away from T(neg)
+        return (1 + embed(out) @ t[1]).mean()
+    d = t[0] - t[1]
     delta = embed(out) - embed(inp)
     cos = (delta @ d) / (delta.norm(dim=-1) * d.norm())
     return (1 - cos).mean()
@@ -61,17 +66,53 @@ def test_modes_differ_and_double_normalisation_would_show(guide):
     assert abs(twice - losses["both"]) > 1e-4
 
 
-def test_identity_output_is_finite_and_gradients_reach_output_only(guide):
-    inp = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
-    out = inp.clone().requires_grad_(True)
-    loss = H2CLoss(guide)(out, inp)
-    loss.backward()
-    assert loss.item() == pytest.approx(1.0, abs=1e-6)
-    assert torch.isfinite(out.grad).all()
-    assert all(not p.requires_grad and p.grad is None for p in guide.model.parameters())
-    moved = (inp * 0.8).requires_grad_(True)
-    H2CLoss(guide)(moved, inp).backward()
-    assert moved.grad.abs().sum() > 0
+@pytest.mark.parametrize("mode", ["positive", "negative"])
+def test_ablations_ignore_the_input(guide, mode):
+    """Positive-/negative-only have no input term (paper Sec. 6.1): another input, the same loss."""
+    g = torch.Generator().manual_seed(4)
+    out, inp, other = (torch.rand(2, 3, 32, 32, generator=g) for _ in range(3))
+    loss = H2CLoss(guide, mode=mode)
+    assert loss(out, inp).item() == pytest.approx(loss(out, other).item(), abs=1e-7)
+    assert H2CLoss(guide)(out, inp).item() != pytest.approx(H2CLoss(guide)(out, other).item(), abs=1e-4)
+
+
+def test_input_embedding_is_a_constant(guide):
+    """E(in) is computed without a graph: no gradient reaches the input even when it asks for one."""
+    g = torch.Generator().manual_seed(5)
+    inp = torch.rand(2, 3, 32, 32, generator=g).requires_grad_(True)
+    out = torch.rand(2, 3, 32, 32, generator=g).requires_grad_(True)
+    H2CLoss(guide)(out, inp).backward()
+    assert inp.grad is None and out.grad.abs().sum() > 0
+
+
+def test_views_are_crops_and_flips_shared_by_output_and_input(guide):
+    """With view_scale 1 on a 128-px square, every view is the whole image at 64 px (a 2x2 average,
+    by hand), mirrored or not; output and input get the same views."""
+    views = dataclasses.replace(guide, views=6, view_scale=1.0)
+    x = torch.rand(2, 3, 128, 128, generator=torch.Generator().manual_seed(6))
+    torch.manual_seed(0)
+    vx, vy = views.views_of(x, x * 0.5 + 0.25)
+    assert vx.shape == (12, 3, 64, 64) and torch.allclose(vy, vx * 0.5 + 0.25, atol=1e-6)
+    small = F.avg_pool2d(x, 2).repeat(6, 1, 1, 1)
+    straight = (vx - small).abs().flatten(1).amax(1) < 1e-5
+    mirrored = (vx - small.flip(-1)).abs().flatten(1).amax(1) < 1e-5
+    assert bool((straight | mirrored).all()) and straight.any() and mirrored.any()
+    torch.manual_seed(0)
+    crops = dataclasses.replace(guide, views=6, view_scale=0.5).views_of(x)[0]
+    assert not torch.allclose(crops, vx, atol=1e-3)  # smaller crops are not the whole image
+
+
+def test_views_average_the_loss(guide):
+    """With several views the loss is the mean of the per-view losses (each one view of both images)."""
+    g = torch.Generator().manual_seed(7)
+    inp = torch.rand(2, 3, 96, 96, generator=g)
+    out = (inp * 1.2).clamp(0, 1)
+    multi = dataclasses.replace(guide, views=4)
+    torch.manual_seed(3)
+    vo, vi = multi.views_of(out, inp)
+    by_hand = torch.stack([hand_h2c(guide, vo[k * 2:(k + 1) * 2], vi[k * 2:(k + 1) * 2]) for k in range(4)]).mean()
+    torch.manual_seed(3)
+    assert H2CLoss(multi)(out, inp).item() == pytest.approx(by_hand.item(), abs=1e-5)
 
 
 def test_missing_weights_file_names_path_and_key(tmp_path):
@@ -130,3 +171,45 @@ def test_embedded_guide_separates_clear_from_hazy(shared_data):
         real = [margin(read_image(p)) for p in sorted((shared_data / "real_hazy").iterdir())]
     assert np.mean([c > h for c, h in pairs]) >= 0.9
     assert np.mean([[c > r for r in real] for c, _ in pairs]) >= 0.8
+
+
+class KnownEmbeddings:
+    """A stand-in guide whose image embedding is the unit-norm mean colour and whose texts embed to
+    fixed axes, so H2C can be worked out by hand."""
+
+    views = 1
+    model = torch.nn.Identity()
+    texts = {"a clear photo": [1.0, 0.0, 0.0], "a photo with haze": [0.0, 1.0, 0.0]}
+
+    def encode_text(self, prompts):
+        return torch.tensor([self.texts[p] for p in prompts])
+
+    def encode_image(self, images):
+        return F.normalize(images.mean((2, 3)), dim=-1)
+
+    encode_constant = encode_image
+
+    def views_of(self, *images):
+        return list(images)
+
+
+def flat(rgb, size=4):
+    return torch.tensor(rgb).view(1, 3, 1, 1).expand(1, 3, size, size).clone()
+
+
+def test_h2c_on_known_embeddings_by_hand():
+    """E(out) = (3, 4, 0)/5, E(in) = (0, 1, 0), T(pos) = (1, 0, 0), T(neg) = (0, 1, 0).
+
+    both: d = (1, -1, 0)/sqrt2, E(out) - E(in) = (0.6, -0.2, 0), |.| = sqrt(0.4),
+          cos = (0.6 + 0.2)/(sqrt2 * sqrt0.4) = 0.8/sqrt0.8 = sqrt0.8, loss = 1 - sqrt(0.8);
+    positive: 1 - E(out).T(pos) = 1 - 0.6 = 0.4 (no input term);
+    negative: 1 + E(out).T(neg) = 1 + 0.8 = 1.8 (only pushes away from haze)."""
+    out, inp = flat([0.3, 0.4, 0.0]), flat([0.0, 0.5, 0.0])
+    guide = KnownEmbeddings()
+    assert H2CLoss(guide, mode="both")(out, inp).item() == pytest.approx(1 - 0.8 ** 0.5, abs=1e-6)
+    assert H2CLoss(guide, mode="positive")(out, inp).item() == pytest.approx(0.4, abs=1e-6)
+    assert H2CLoss(guide, mode="negative")(out, inp).item() == pytest.approx(1.8, abs=1e-6)
+    # the ablations ignore the input: any other input, the same values
+    other = flat([0.9, 0.1, 0.2])
+    assert H2CLoss(guide, mode="positive")(out, other).item() == pytest.approx(0.4, abs=1e-6)
+    assert H2CLoss(guide, mode="negative")(out, other).item() == pytest.approx(1.8, abs=1e-6)

@@ -183,7 +183,8 @@ def test_unknown_variant_and_bad_synthetic_parameters_fail_at_validation(base, t
 def test_duplicate_labels_and_entries_are_refused(base, tmp_path):
     """Failure 8: two differently configured methods with one label were merged into one report row."""
     same_label = yaml.safe_load(yaml.safe_dump(base))
-    same_label["methods"].append({"type": "full_ft", "steps": 120, "lr": 1e-4})  # label 'full_ft' again
+    full_ft = next(m for m in base["methods"] if m["type"] == "full_ft")
+    same_label["methods"].append({**full_ft, "steps": 120})  # label 'full_ft' again, other steps
     with pytest.raises(HarnessError,
                        match=r"methods\[4\] and methods\[1\] .* share the label 'full_ft' but differ in steps"):
         load_recipe(write(tmp_path, same_label))

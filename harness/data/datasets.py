@@ -22,9 +22,8 @@ from pydantic import Field
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import track
-from scipy import ndimage
 
-from harness.data import synth
+from harness.data import photos, synth
 from harness.data.io import MIN_SIDE, image_problem, list_images, read_image, write_image
 from harness.errors import HarnessError
 from harness.registry import DATASETS, PositiveInt
@@ -32,7 +31,6 @@ from harness.registry import DATASETS, PositiveInt
 OnCorrupt = Literal["fail", "skip"]
 _HASH_BLOCK = 1 << 16
 _SYNTH_VERSION = 1  # bump when the synthesizer's output for the same parameters changes
-SKIMAGE_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png")
 
 
 @dataclass(frozen=True)
@@ -415,27 +413,8 @@ def cache_root() -> Path:
 
 
 def skimage_photos() -> list[tuple[np.ndarray, np.ndarray | None]]:
-    """scikit-image's shipped colour photos (read from its data folder; never downloads)."""
-    import skimage.data
-
-    base = Path(skimage.data.__file__).parent
-    out = []
-    for fname in SKIMAGE_PHOTOS:
-        image = read_image(base / fname)
-        depth = _motorcycle_depth(base / "motorcycle_disp.npz") if fname == "motorcycle_left.png" else None
-        out.append((image, depth))
-    return out
-
-
-def _motorcycle_depth(path: Path) -> np.ndarray:
-    """Depth (1 = far) from the Middlebury disparity shipped with scikit-image; holes take the
-    nearest valid value."""
-    disp = np.load(path)["arr_0"].astype(np.float32)
-    invalid = ~np.isfinite(disp) | (disp <= 0)
-    idx = ndimage.distance_transform_edt(invalid, return_distances=False, return_indices=True)
-    disp = disp[tuple(idx)]
-    inv = 1.0 / disp
-    return (inv - inv.min()) / max(float(inv.max() - inv.min()), 1e-8)
+    """scikit-image's five shipped colour photos (the legacy ``skimage`` source; never downloads)."""
+    return photos.pool("skimage")
 
 
 def _resize(arr: np.ndarray, h: int, w: int) -> np.ndarray:
@@ -458,14 +437,20 @@ def _random_crop(image: np.ndarray, depth: np.ndarray | None, size: int,
     return crop, (depth[y:y + size, x:x + size] if depth is not None else None)
 
 
+POOL_SOURCES = {f"photos-{name}": name for name in photos.DISJOINT}  # source name -> photo pool
+
+
 def _source_key(source: str, on_corrupt: OnCorrupt) -> tuple[str, list[Path]]:
     """A key identifying the clean sources (for the cache) and, for a folder, its image files."""
     if source in ("skimage", "scenes"):
         return source, []
+    if source in POOL_SOURCES:  # the pool's files by content, so a changed package photo re-renders
+        files = photos.pool_files(POOL_SOURCES[source])
+        return f"{source}:" + hashlib.blake2b(b"".join(_file_digest(f) for f in files), digest_size=8).hexdigest(), []
     path = Path(source).expanduser()
     if not path.is_dir():
-        raise HarnessError(f"synthetic: source {source!r} is neither 'skimage', 'scenes' nor a folder",
-                           "use source: skimage, source: scenes, or a folder of clean images")
+        raise HarnessError(f"synthetic: source {source!r} is neither a photo pool, 'scenes' nor a folder",
+                           f"use source: {', '.join(POOL_SOURCES)}, skimage, scenes, or a folder of clean images")
     found = _hazy_only("synthetic-source", path, path, None, False, on_corrupt, None)
     return found.fingerprint(), [p.hazy for p in found.pairs]
 
@@ -473,6 +458,8 @@ def _source_key(source: str, on_corrupt: OnCorrupt) -> tuple[str, list[Path]]:
 def _load_sources(source: str, files: list[Path]) -> list[tuple[np.ndarray, np.ndarray | None]]:
     if source == "skimage":
         return skimage_photos()
+    if source in POOL_SOURCES:
+        return photos.pool(POOL_SOURCES[source])
     return [(read_image(p), None) for p in files]
 
 
@@ -482,7 +469,9 @@ def synthetic(source: str = "skimage", kind: Literal[tuple(synth.KINDS)] = "asm"
               cache_dir: Path | None = None, on_corrupt: OnCorrupt = "fail", limit: int | None = None) -> ImageSet:
     """Hazy/clear PNG pairs made by :mod:`harness.data.synth`, cached by their parameters.
 
-    ``source``: "skimage" (random crops of scikit-image's colour photos), "scenes" (procedural
+    ``source``: a photo pool of :mod:`harness.data.photos` (``photos-pretrain``, ``photos-target``,
+    ``photos-test``, ``photos-guide``: photos shipped with installed packages, no photo in two
+    pools), "skimage" (scikit-image's five colour photos; overlaps the pools), "scenes" (procedural
     scenes with exact depth) or a folder of clean images. ``kind``: a key of ``synth.KINDS``.
     Files go to ``cache_dir`` or ``cache_root()/<hash of the parameters>`` and are reused. A
     ``cache_dir`` must be new, empty, or made by this dataset with the same parameters: a folder

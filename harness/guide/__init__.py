@@ -1,31 +1,50 @@
 """Guide models (CLIP) for the H2C loss and guide-driven backbones, registered in ``GUIDES``:
-``embedded`` and ``open_clip``; the identity a guide-driven checkpoint records and its check."""
+``embedded`` and ``open_clip``; the identity a guide-driven checkpoint records and its check.
+
+Both guides take ``views`` and ``view_scale``: how many random crops of each image the H2C loss
+looks at (see :mod:`harness.guide.h2c`); ``views: 1`` is the paper's whole-image loss.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 from harness.errors import HarnessError
-from harness.guide.model import Guide, load_open_clip, resolve_weights
 from harness.registry import GUIDES, CheckContext
+
+if TYPE_CHECKING:
+    from harness.guide.model import Guide
 
 
 @GUIDES.register("embedded")
-def embedded(steps: int = 400, seed: int = 0, cache_dir: Path | None = None) -> Guide:
-    """The harness's own degradation-aware tiny CLIP (trained once, then cached)."""
+def embedded(steps: int = 400, seed: int = 0, cache_dir: Path | None = None, views: int = 1,
+             view_scale: float = 0.5, tower: Literal["vit", "conv"] = "vit", pool: int = 2048,
+             noise: float = 0.02, direction_weight: float = 1.0, adversarial: float = 0.25, image_size: int = 32,
+             align_weight: float = 2.0):
+    """The harness's own degradation-aware tiny CLIP (trained once, then cached): a ``Guide``."""
     from harness.guide.embedded import load_embedded
+    from harness.guide.model import TINY_CONV_MODEL, TINY_MODEL
 
-    return load_embedded(steps=steps, seed=seed, cache=cache_dir)
+    return load_embedded(steps=steps, seed=seed, cache=cache_dir, views=views, view_scale=view_scale,
+                         model_name=TINY_MODEL if tower == "vit" else TINY_CONV_MODEL, pool=pool, noise=noise,
+                         direction_weight=direction_weight, adversarial=adversarial, image_size=image_size,
+                         align_weight=align_weight)
 
 
 def _weights_resolve(params: dict, context: CheckContext) -> None:
+    from harness.guide.model import resolve_weights
+
     resolve_weights(params["model"], params["pretrained"], params["cache_dir"])
 
 
 @GUIDES.register("open_clip", check=_weights_resolve)
-def open_clip_guide(model: str = "ViT-B-32", pretrained: str | None = "openai", cache_dir: Path | None = None) -> Guide:
-    """An open_clip model with weights from a cached tag or a local file."""
-    return load_open_clip(model, pretrained, cache_dir)
+def open_clip_guide(model: str = "ViT-B-32", pretrained: str | None = "openai", cache_dir: Path | None = None,
+                    views: int = 1, view_scale: float = 0.5):
+    """An open_clip model with weights from a cached tag or a local file: a ``Guide``."""
+    from harness.guide.model import load_open_clip
+
+    return load_open_clip(model, pretrained, cache_dir, views=views, view_scale=view_scale)
 
 
 def build_guide(type: str, **params) -> Guide:

@@ -1,12 +1,20 @@
-"""The haze-to-clear (H2C) text-directed loss.
+"""The haze-to-clear (H2C) text-directed loss and its ablations (BiLaLoRA paper, Sec. 3.2 and 6.1).
 
-``L = 1 - cos(E(out) - E(in), d)`` with unit-norm CLIP image embeddings ``E`` and a text direction
-``d``: ``T(pos) - T(neg)`` ("both", the paper's loss), ``T(pos)`` ("positive": only the pull
-towards the clear description) or ``-T(neg)`` ("negative": only the push away from the haze
-description). The image direction is always ``E(out) - E(in)``. Images are resized and
-normalised exactly once (the authors' code normalises twice). At the identity ``out == in`` the
-image direction is zero; the cosine's denominator is clamped, so the loss is 1 with a finite
-gradient there instead of NaN.
+With unit-norm CLIP image embeddings ``E`` and text embeddings ``T``:
+
+- ``both`` (the paper's loss): ``1 - cos(E(out) - E(in), T(pos) - T(neg))``;
+- ``positive`` (positive-only): ``1 - cos(E(out), T(pos))``, aligning the output with the clear
+  description alone, with no input term;
+- ``negative`` (negative-only): ``1 + cos(E(out), T(neg))``, only pushing the output away from the
+  haze description.
+
+``E(in)`` is a constant of the loss and is computed without a graph. Images are resized and
+normalised exactly once (the authors' code normalises twice). When the guide asks for several views
+(``Guide.views``), output and input are seen through the same random crops, flips and scales and
+the loss is averaged over the views, which keeps the output from satisfying the loss with
+changes that only one view of the image would reward (adversarial patterns). At the identity
+``out == in`` the image direction is zero; the cosine's denominator is clamped, so the loss is 1
+with a finite gradient there instead of NaN.
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ MODES = ("both", "positive", "negative")
 
 
 class H2CLoss(nn.Module):
-    """Callable as ``loss(restored, hazy_input) -> scalar`` (batch mean); CLIP stays frozen."""
+    """Callable as ``loss(restored, hazy_input) -> scalar`` (batch and view mean); CLIP stays frozen."""
 
     def __init__(self, guide: Guide, positive: str = "a clear photo", negative: str = "a photo with haze",
                  mode: str = "both"):
@@ -37,10 +45,15 @@ class H2CLoss(nn.Module):
         self.register_buffer("direction", F.normalize(direction, dim=-1))
 
     def forward(self, restored: torch.Tensor, hazy: torch.Tensor) -> torch.Tensor:
-        # One batch for both, so identical images take identical kernels (torch's attention fast
-        # path is chosen per call) and the identity gives an exactly zero image direction.
-        both = self.guide.encode_image(torch.cat([restored, hazy.to(restored.dtype)]))
-        e_out, e_in = both[: len(restored)], both[len(restored):].detach()
+        if self.mode != "both":  # the ablations look at the output alone
+            e_out = self.guide.encode_image(self.guide.views_of(restored)[0])
+            return (1.0 - e_out @ self.direction).mean()
+        view_out, view_in = self.guide.views_of(restored, hazy.to(restored.dtype))
+        e_out = self.guide.encode_image(view_out)
+        e_in = self.guide.encode_constant(view_in)
+        # an output equal to its input has E(out) = E(in) exactly, whatever kernels the two calls took
+        same = (view_out == view_in).flatten(1).all(1, keepdim=True)
+        e_in = torch.where(same, e_out.detach(), e_in)
         delta = e_out - e_in
         cos = (delta @ self.direction) / delta.norm(dim=-1).clamp_min(1e-8)
         return (1.0 - cos).mean()

@@ -23,8 +23,10 @@ from harness.errors import HarnessError
 from harness.store import file_sha256
 
 TINY_CONFIG = Path(__file__).with_name("harness-tiny-clip.json")
-TINY_MODEL = TINY_CONFIG.stem
-open_clip.add_model_config(TINY_CONFIG)
+TINY_MODEL = TINY_CONFIG.stem  # a 4-layer ViT image tower (patch 8, 64 px)
+TINY_CONV_MODEL = "harness-tiny-clip-conv"  # the same text tower with a small ResNet image tower
+for _config in (TINY_CONFIG, TINY_CONFIG.with_name(f"{TINY_CONV_MODEL}.json")):
+    open_clip.add_model_config(_config)
 
 
 @dataclass
@@ -37,8 +39,13 @@ class Guide:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     info: dict[str, Any] = field(default_factory=dict)
+    views: int = 1  # random views per image in the H2C loss (1: the whole image, as the paper)
+    view_scale: float = 0.5  # smallest crop side, as a fraction of the image's shorter side
 
     def __post_init__(self) -> None:
+        if self.views < 1 or not 0 < self.view_scale <= 1:
+            raise HarnessError(f"guide views={self.views}, view_scale={self.view_scale} are out of range",
+                               "set guide.views >= 1 and 0 < guide.view_scale <= 1")
         self.model.eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
@@ -46,8 +53,10 @@ class Guide:
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """NCHW images in [0, 1] -> the model's input: resized, then normalised exactly once."""
-        x = F.interpolate(images, size=(self.image_size, self.image_size), mode="bilinear",
-                          align_corners=False, antialias=True)
+        x = images
+        if tuple(x.shape[-2:]) != (self.image_size, self.image_size):
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear",
+                              align_corners=False, antialias=True)
         mean = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
         std = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
         return (x - mean) / std
@@ -55,6 +64,50 @@ class Guide:
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """Unit-norm embeddings of NCHW images in [0, 1] (gradients flow to ``images``)."""
         return self.model.encode_image(self.preprocess(images), normalize=True)
+
+    @torch.no_grad()
+    def encode_constant(self, images: torch.Tensor) -> torch.Tensor:
+        """``encode_image`` without a graph (for embeddings that are constants of a loss), through the
+        same kernels as the differentiable path: torch's fused attention, which it would pick
+        without a graph, gives slightly different numbers, and an output equal to its input would
+        then not have an exactly zero image direction."""
+        enabled = torch.backends.mha.get_fastpath_enabled()
+        torch.backends.mha.set_fastpath_enabled(False)
+        try:
+            return self.encode_image(images)
+        finally:
+            torch.backends.mha.set_fastpath_enabled(enabled)
+
+    def views_of(self, *images: torch.Tensor) -> list[torch.Tensor]:
+        """The guide's views of same-shaped NCHW batches, the same random views for each batch.
+
+        One view: the batches unchanged. Several: ``views`` random square crops per image (side
+        ``view_scale``..1 of the shorter side, anywhere in the image, mirrored half the time) at the
+        guide's input size, stacked view-major (``views * N`` images); drawn from torch's global RNG.
+        """
+        if self.views == 1:
+            return list(images)
+        # shrink first (antialiased) so that no crop is sampled down by more than 2x: no aliasing
+        shrink = min(1.0, 2 * self.image_size / min(images[0].shape[-2:]))
+        if shrink < 1:
+            size = tuple(max(1, round(d * shrink)) for d in images[0].shape[-2:])
+            images = tuple(F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+                           for x in images)
+        n, _, h, w = images[0].shape
+        short = min(h, w)
+        device = images[0].device
+        count = self.views * n
+        side = torch.empty(count, device=device).uniform_(self.view_scale, 1.0) * short
+        sx, sy = side / w, side / h  # half-extent of the crop in normalised coordinates
+        tx = (torch.rand(count, device=device) * 2 - 1) * (1 - sx)
+        ty = (torch.rand(count, device=device) * 2 - 1) * (1 - sy)
+        flip = torch.where(torch.rand(count, device=device) < 0.5, -1.0, 1.0)
+        theta = torch.zeros(count, 2, 3, device=device)
+        theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = sx * flip, tx, sy, ty
+        grid = F.affine_grid(theta.to(images[0].dtype), [count, 3, self.image_size, self.image_size],
+                             align_corners=False)
+        return [F.grid_sample(x.repeat(self.views, 1, 1, 1), grid, mode="bilinear", padding_mode="reflection",
+                              align_corners=False) for x in images]
 
     @torch.no_grad()
     def encode_text(self, texts: list[str]) -> torch.Tensor:
@@ -65,15 +118,21 @@ class Guide:
         return dict(self.info)
 
 
-def create_model(name: str, pretrained: str | None = None, device: str = "cpu") -> nn.Module:
+def create_model(name: str, pretrained: str | None = None, **options) -> nn.Module:
     """``open_clip.create_model`` without its root-logger warning about random initialisation."""
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)
     try:
-        return open_clip.create_model(name, pretrained=pretrained, device=device)
+        return open_clip.create_model(name, pretrained=pretrained, **options)
     finally:
         root.setLevel(level)
+
+
+def image_size(model: nn.Module) -> int:
+    """The square input side an open_clip model expects."""
+    size = open_clip.get_model_preprocess_cfg(model).get("size", 224)
+    return int(size[0] if isinstance(size, (tuple, list)) else size)
 
 
 def architecture_only(model: str, device: str = "meta") -> Guide:
@@ -84,12 +143,11 @@ def architecture_only(model: str, device: str = "meta") -> Guide:
     return _as_guide(clip, model, {"type": "architecture_only", "model": model, "sha256": None})
 
 
-def _as_guide(clip: nn.Module, model: str, info: dict[str, Any]) -> Guide:
+def _as_guide(clip: nn.Module, model: str, info: dict[str, Any], views: int = 1, view_scale: float = 0.5) -> Guide:
     """Wrap an open_clip model with its tokenizer and preprocessing."""
     pre = open_clip.get_model_preprocess_cfg(clip)
-    size = pre.get("size", 224)
-    size = size[0] if isinstance(size, (tuple, list)) else size
-    return Guide(clip, open_clip.get_tokenizer(model), int(size), tuple(pre["mean"]), tuple(pre["std"]), info)
+    return Guide(clip, open_clip.get_tokenizer(model), image_size(clip), tuple(pre["mean"]), tuple(pre["std"]), info,
+                 views=views, view_scale=view_scale)
 
 
 def _looks_like_path(value: str) -> bool:
@@ -161,7 +219,8 @@ def resolve_weights(model: str, pretrained: str | None, cache_dir: Path | None =
     return weights, f"{pretrained} ({weights})"
 
 
-def load_open_clip(model: str, pretrained: str | None, cache_dir: Path | None = None) -> Guide:
+def load_open_clip(model: str, pretrained: str | None, cache_dir: Path | None = None, views: int = 1,
+                   view_scale: float = 0.5) -> Guide:
     """An open_clip guide from a cached tag, a local weights file, or (``pretrained=None``) random weights."""
     weights, source = resolve_weights(model, pretrained, cache_dir)
     try:
@@ -170,5 +229,5 @@ def load_open_clip(model: str, pretrained: str | None, cache_dir: Path | None = 
         raise HarnessError(f"guide weights {weights} do not load into open_clip {model} ({type(err).__name__})",
                            "set guide.pretrained to weights of that model, or guide.model to theirs") from None
     info = {"type": "open_clip", "model": model, "pretrained": source,
-            "sha256": file_sha256(weights) if weights else None}
-    return _as_guide(clip, model, info)
+            "sha256": file_sha256(weights) if weights else None, "views": views, "view_scale": view_scale}
+    return _as_guide(clip, model, info, views, view_scale)

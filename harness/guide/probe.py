@@ -1,0 +1,173 @@
+"""Does a guide lead towards clear images? Measured on a paired benchmark before any training.
+
+Two measurements per benchmark (``probe``):
+
+- the H2C loss of the ground truth, of the input itself and of simple edits of the input (noise, a
+  contrast stretch, a global colour cast, an orange monochrome: the collapse the old embedded guide
+  rewarded). A guide worth using scores the ground truth far below 1 and the cast and the
+  monochrome above the contrast stretch;
+- pixel-space descent: ``steps`` Adam steps on the pixels of the hazy input, minimising H2C, then
+  PSNR/SSIM to the ground truth before and after, and how far the colours moved (mean CIELAB a*/b*
+  shift), and the cosine between the first descent step and the way to the ground truth. A guide
+  whose descent lowers PSNR is being fooled (adversarial changes), not followed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from harness.engine.loop import rng_state_kept
+
+EDITS = ("ground truth", "input", "noise", "contrast stretch", "colour cast", "orange monochrome")
+_LUMA = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+
+
+def edit(name: str, hazy: torch.Tensor, clear: torch.Tensor) -> torch.Tensor:
+    """One of ``EDITS`` applied to an NCHW batch in [0, 1] (deterministic)."""
+    if name == "ground truth":
+        return clear
+    if name == "input":
+        return hazy
+    if name == "noise":
+        g = torch.Generator().manual_seed(0)
+        return (hazy + 0.05 * torch.randn(hazy.shape, generator=g)).clamp(0, 1)
+    if name == "contrast stretch":  # per image and channel, 1st..99th percentile to 0..1
+        flat = hazy.flatten(2)
+        lo, hi = flat.quantile(0.01, dim=2)[..., None, None], flat.quantile(0.99, dim=2)[..., None, None]
+        return ((hazy - lo) / (hi - lo).clamp_min(1e-3)).clamp(0, 1)
+    if name == "colour cast":
+        return (hazy * torch.tensor([1.15, 0.9, 0.65]).view(1, 3, 1, 1)).clamp(0, 1)
+    if name == "orange monochrome":
+        luma = (hazy * _LUMA).sum(1, keepdim=True)
+        return (luma * torch.tensor([1.3, 0.75, 0.35]).view(1, 3, 1, 1)).clamp(0, 1)
+    raise KeyError(name)
+
+
+def lab_ab(images: torch.Tensor) -> np.ndarray:
+    """Mean CIELAB (a*, b*) of each NCHW sRGB image in [0, 1] -> (N, 2)."""
+    from skimage.color import rgb2lab
+
+    return np.stack([rgb2lab(x.permute(1, 2, 0).clamp(0, 1).numpy())[..., 1:].reshape(-1, 2).mean(0)
+                     for x in images.detach().cpu()])
+
+
+def gradient_alignment(loss_fn, hazy: torch.Tensor, clear: torch.Tensor) -> float:
+    """Mean cosine between the loss's descent direction at the hazy input and ``clear - hazy``
+    (1: the first step heads straight for the ground truth, 0: unrelated, < 0: away from it)."""
+    x = hazy.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(loss_fn(x, hazy), x)
+    return float(torch.nn.functional.cosine_similarity(-grad.flatten(1), (clear - hazy).flatten(1), dim=1).mean())
+
+
+def descend(loss_fn, hazy: torch.Tensor, steps: int, lr: float) -> tuple[torch.Tensor, list[float]]:
+    """``steps`` Adam steps of ``loss_fn(x, hazy)`` on the pixels ``x`` (from ``hazy``, kept in [0, 1])."""
+    x = hazy.clone().requires_grad_(True)
+    opt = torch.optim.Adam([x], lr=lr)
+    curve = []
+    for _ in range(steps):
+        loss = loss_fn(x, hazy)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            x.clamp_(0, 1)
+        curve.append(loss.item())
+    return x.detach(), curve
+
+
+@dataclass
+class ProbeResult:
+    benchmark: str
+    images: int
+    h2c: dict[str, float]  # edit name -> mean H2C loss
+    descent: dict[str, float]  # steps, lr, loss/PSNR/SSIM before and after, colour shift
+    curve: list[float] = field(default_factory=list)
+
+    @property
+    def psnr_gain(self) -> float:
+        return self.descent["psnr_after"] - self.descent["psnr_before"]
+
+
+def _mean_metric(metric, images: torch.Tensor, clear: torch.Tensor) -> float:
+    from harness.data.io import to_array
+
+    return float(np.mean([metric.score(to_array(x), to_array(y)) for x, y in zip(images, clear)]))
+
+
+def probe(loss_fn, hazy: torch.Tensor, clear: torch.Tensor, benchmark: str = "", steps: int = 50,
+          lr: float = 0.01, seed: int = 0, evaluations: int = 4) -> ProbeResult:
+    """Probe ``loss_fn`` (an H2C loss) on same-sized NCHW batches ``hazy`` and ``clear``.
+
+    Losses of the edits average ``evaluations`` draws of the guide's random views (one draw for a
+    guide with a single view); everything is seeded by ``seed`` and leaves torch's RNG as it was.
+    """
+    from harness.metrics import build_metric
+
+    psnr, ssim = build_metric("psnr"), build_metric("ssim")
+    repeats = evaluations if getattr(getattr(loss_fn, "guide", None), "views", 1) > 1 else 1
+    with rng_state_kept():
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            h2c = {name: float(np.mean([loss_fn(edit(name, hazy, clear), hazy).item() for _ in range(repeats)]))
+                   for name in EDITS}
+        alignment = gradient_alignment(loss_fn, hazy, clear)
+        out, curve = descend(loss_fn, hazy, steps, lr)
+    shift = np.linalg.norm(lab_ab(out) - lab_ab(hazy), axis=1).mean()
+    truth_shift = np.linalg.norm(lab_ab(clear) - lab_ab(hazy), axis=1).mean()
+    descent = {"steps": steps, "lr": lr, "loss_before": h2c["input"], "loss_after": curve[-1] if curve else h2c["input"],
+               "psnr_before": _mean_metric(psnr, hazy, clear), "psnr_after": _mean_metric(psnr, out, clear),
+               "ssim_before": _mean_metric(ssim, hazy, clear), "ssim_after": _mean_metric(ssim, out, clear),
+               "lab_shift": float(shift), "lab_shift_ground_truth": float(truth_shift),
+               "gradient_alignment": alignment}
+    return ProbeResult(benchmark, len(hazy), h2c, descent, curve)
+
+
+def benchmark_batch(dataset, count: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``count`` pairs of a paired image set as (hazy, clear) batches of ``size``-squares
+    (central square, antialiased resize)."""
+    import torch.nn.functional as F
+
+    from harness.data.io import to_tensor
+
+    def square(arr: np.ndarray) -> torch.Tensor:
+        x = to_tensor(arr)
+        h, w = x.shape[-2:]
+        s = min(h, w)
+        x = x[:, (h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]
+        return F.interpolate(x[None], size=(size, size), mode="bilinear", align_corners=False, antialias=True)[0]
+
+    hazy, clear = [], []
+    for i in range(min(count, len(dataset))):
+        h, c = dataset.load(i)
+        hazy.append(square(h))
+        clear.append(square(c))
+    return torch.stack(hazy).clamp(0, 1), torch.stack(clear).clamp(0, 1)
+
+
+def probe_recipe(recipe, benchmark: str | None = None, steps: int = 50, lr: float = 0.01, images: int = 12,
+                 size: int = 128, seed: int = 0) -> ProbeResult:
+    """Probe the recipe's guide and prompts on one of its paired benchmarks (default: the first)."""
+    from harness.errors import HarnessError
+    from harness.guide import build_guide
+    from harness.guide.h2c import H2CLoss
+    from harness.registry import DATASETS
+
+    entries = [e for e in recipe.benchmarks if benchmark in (None, e.name, e.type)]
+    if not entries:
+        names = ", ".join(e.name for e in recipe.benchmarks)
+        raise HarnessError(f"the recipe has no benchmark named {benchmark!r} (it has: {names})",
+                           "pass --benchmark one of those names")
+    for entry in entries:
+        dataset = DATASETS.build(entry.type, **entry.params)
+        if dataset.has_reference:
+            break
+    else:
+        raise HarnessError(f"benchmark {entries[0].name!r} has no ground truth, and probing needs pairs",
+                           "pass --benchmark a paired set (e.g. a synthetic one), or add one to the recipe")
+    g = recipe.guide
+    loss = H2CLoss(build_guide(g.type, **g.params), positive=g.positive, negative=g.negative, mode=g.mode)
+    hazy, clear = benchmark_batch(dataset, images, size)
+    return probe(loss, hazy, clear, benchmark=entry.name, steps=steps, lr=lr, seed=seed)

@@ -1,0 +1,146 @@
+"""Contrastive training of an open_clip model on captioned degraded images, on the engine.
+
+Used for the embedded guide (a tiny CLIP from scratch) and by ``harness guide tune`` (any open_clip
+model from a weights file). Each step draws a batch of crops, flips it, turns it by a multiple of
+90 degrees (adaptation patches are turned too) and adds a little Gaussian noise of random strength
+(robustness: no single pixel pattern defines a class), then trains image-to-text cross-entropy
+against one caption per class (a random paraphrase each step).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from harness.engine.loop import LoopResult, TrainLoop
+from harness.engine.strategy import Strategy, current_strategy
+from harness.guide.pairs import CAPTION_CLASSES, Captioned
+
+
+# How "clear" each class is along every haze direction T(clear) - T(haze class): 1 clear, 0 not clear.
+CLEARNESS = {"clear": 1.0, "light": 0.5}
+HAZE_CLASSES = ("light", "haze", "heavy", "uneven", "night")
+
+
+class GuideStepper:
+    """One step: contrastive cross-entropy of a batch of captioned crops against one caption per class,
+    plus (``direction_weight``) a logistic loss along each haze direction ``T(clear) - T(c)`` that
+    only clear crops pass (light haze half-way), and optionally FGSM adversarial crops."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Callable, data: Captioned, *,
+                 steps: int, lr: float, batch_size: int, noise: float, strategy: Strategy,
+                 weight_decay: float = 0.05, direction_weight: float = 1.0, adversarial: float = 0.0,
+                 align_weight: float = 0.0):
+        self.data = data
+        self.batch_size, self.noise, self.strategy = batch_size, noise, strategy
+        self.direction_weight, self.adversarial, self.align_weight = direction_weight, adversarial, align_weight
+        names = [c for c, _ in CAPTION_CLASSES]
+        self.clearness = torch.tensor([CLEARNESS.get(c, 0.0) for c in names], device=strategy.device)
+        self.clear_index = names.index("clear")
+        self.haze_index = torch.tensor([names.index(c) for c in HAZE_CLASSES], device=strategy.device)
+        # the haze direction each class's alignment uses: its own, or the default "haze" for casts/artifacts
+        own = {c: names.index(c) for c in HAZE_CLASSES}
+        self.negative_of = torch.tensor([own.get(c, names.index("haze")) for c in names], device=strategy.device)
+        pre = open_clip.get_model_preprocess_cfg(model)
+        self.mean = torch.tensor(pre["mean"]).view(1, 3, 1, 1).to(strategy.device)
+        self.std = torch.tensor(pre["std"]).view(1, 3, 1, 1).to(strategy.device)
+        self.tokens = [tokenizer(list(captions)) for _, captions in CAPTION_CLASSES]
+        self.trained = strategy.prepare(model, [p for p in model.parameters() if p.requires_grad],
+                                        lambda p: torch.optim.AdamW(p, lr=lr, weight_decay=weight_decay))
+        self.schedule = torch.optim.lr_scheduler.OneCycleLR(self.trained.optimiser, max_lr=lr,
+                                                            total_steps=max(steps, 1), pct_start=0.1)
+
+    def stateful(self) -> dict[str, Any]:
+        return {**self.trained.stateful(), "schedule": self.schedule}
+
+    def step(self, step: int, rng: torch.Generator) -> dict[str, float]:
+        n = self.batch_size
+        idx = torch.randint(len(self.data.labels), (n,), generator=rng)
+        x, y, clean = self.data.images[idx], self.data.labels[idx], self.data.clean[idx]
+        flip = (torch.rand(n, generator=rng) < 0.5).view(-1, 1, 1, 1)
+        turn = int(torch.randint(4, (1,), generator=rng))  # one turn per batch
+        x, clean = (torch.rot90(torch.where(flip, t.flip(-1), t), turn, dims=(-2, -1)) for t in (x, clean))
+        sigma = torch.rand(n, 1, 1, 1, generator=rng) * self.noise
+        x = (x + sigma * torch.randn(x.shape, generator=rng)).clamp(0, 1)
+        pick = [int(torch.randint(len(t), (1,), generator=rng)) for t in self.tokens]
+        text = torch.cat([t[j:j + 1] for t, j in zip(self.tokens, pick)])
+        device = self.strategy.device
+        x, y, clean = (self.strategy.shard(t).to(device) for t in (x, y, clean))
+        text = text.to(device)
+        if self.adversarial > 0:  # FGSM from a random start (fast adversarial training), on half the batch
+            half = len(x) // 2
+            start = x[:half] + self.adversarial * (2 * torch.rand(x[:half].shape, generator=rng).to(device) - 1)
+            start = start.clamp(0, 1).requires_grad_(True)
+            loss = self._loss(self.trained.model, start, y[:half], text)
+            (grad,) = torch.autograd.grad(loss, start)
+            adv = (start + 1.25 * self.adversarial * grad.sign()).clamp(x[:half] - self.adversarial,
+                                                                       x[:half] + self.adversarial)
+            x = torch.cat([adv.clamp(0, 1).detach(), x[half:]])
+        loss = self._loss(self.trained.module, x, y, text)
+        self.trained.backward(loss)
+        info = {"loss": loss.item()}
+        if self.align_weight > 0:
+            align = self._alignment(x, y, clean, text, rng)
+            params = self.trained.params
+            grads = torch.autograd.grad(self.align_weight * align, params, allow_unused=True)
+            grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+            self.strategy.all_reduce_mean(grads)
+            for p, g in zip(params, grads):
+                p.grad = g if p.grad is None else p.grad + g
+            info["alignment"] = 1.0 - align.item()
+        self.trained.step()
+        self.schedule.step()
+        return info
+
+    def _alignment(self, x: torch.Tensor, y: torch.Tensor, clean: torch.Tensor, text: torch.Tensor,
+                   rng: torch.Generator) -> torch.Tensor:
+        """1 - cos(gradient of the clear score at a point on the line through a degraded crop and its
+        clean crop, the way to the clean crop): teaches the guide's pixel gradient to lead towards the
+        clean image (double backprop). Points run from the degraded crop (a = 1) past the clean one
+        (a < 0: overdone, e.g. too much contrast), so the gradient also leads back from overshoots."""
+        degraded = y != self.clear_index
+        if not degraded.any():
+            return torch.zeros((), device=x.device)
+        a = (torch.rand(int(degraded.sum()), 1, 1, 1, generator=rng) * 1.5 - 0.5).to(x.device)
+        start = clean[degraded] + a * (x[degraded] - clean[degraded])
+        xd = start.clamp(0, 1).detach().requires_grad_(True)
+        model = self.trained.model
+        with sdpa_kernel(SDPBackend.MATH):  # the fused attention kernels have no double backward
+            image_emb = model.encode_image((xd - self.mean) / self.std, normalize=True)
+            text_emb = model.encode_text(text, normalize=True)
+            direction = text_emb[self.clear_index][None] - text_emb[self.negative_of[y[degraded]]]
+            score = (image_emb * direction).sum()
+            (grad,) = torch.autograd.grad(score, xd, create_graph=True)
+        way = (clean[degraded] - xd.detach()).flatten(1)
+        return 1.0 - F.cosine_similarity(grad.flatten(1), way, dim=1).mean()
+
+    def _loss(self, module, x: torch.Tensor, y: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        image_emb, text_emb, scale = module(image=(x - self.mean) / self.std, text=text)
+        loss = F.cross_entropy(scale * image_emb @ text_emb.T, y)
+        if self.direction_weight > 0:
+            directions = text_emb[self.clear_index][None] - text_emb[self.haze_index]  # (haze classes, dim)
+            score = scale * image_emb @ directions.T / 2  # /2: |T(clear) - T(c)| is at most 2
+            target = self.clearness[y][:, None].expand_as(score)
+            loss = loss + self.direction_weight * F.binary_cross_entropy_with_logits(score, target)
+        return loss
+
+
+def train_guide(model: torch.nn.Module, tokenizer: Callable, data: Captioned, *,
+                steps: int, lr: float, batch_size: int, noise: float, seed: int, state_path: Path,
+                stage: str = "guide training", progress=None, strategy: Strategy | None = None,
+                direction_weight: float = 1.0, adversarial: float = 0.0, align_weight: float = 0.0) -> LoopResult:
+    """Train ``model`` in place (resumable from ``state_path``); returns the loop's result."""
+    strategy = strategy or current_strategy()
+    model.train()
+    stepper = GuideStepper(model, tokenizer, data, steps=steps, lr=lr, batch_size=batch_size,
+                           noise=noise, strategy=strategy, direction_weight=direction_weight,
+                           adversarial=adversarial, align_weight=align_weight)
+    result = TrainLoop(stage, steps, state_path, seed=seed, checkpoint_every=100, progress=progress,
+                       strategy=strategy, nan_fix=f"lower the learning rate of the {stage}").run(stepper)
+    model.eval()
+    return result
