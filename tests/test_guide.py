@@ -213,3 +213,22 @@ def test_h2c_on_known_embeddings_by_hand():
     other = flat([0.9, 0.1, 0.2])
     assert H2CLoss(guide, mode="positive")(out, other).item() == pytest.approx(0.4, abs=1e-6)
     assert H2CLoss(guide, mode="negative")(out, other).item() == pytest.approx(1.8, abs=1e-6)
+
+
+def test_training_the_embedded_guide_inside_a_run_reports_as_a_task(tmp_path):
+    """Issue 10 item 6: with stdout to a file the guide's training (minutes) printed nothing."""
+    import io
+
+    from harness.ui.progress import RunProgress
+
+    out = io.StringIO()
+    with RunProgress(stream=out, live=False, interval=0.0):
+        build_guide("embedded", steps=3, cache_dir=tmp_path)
+    lines = out.getvalue().splitlines()
+    assert any(line.endswith("embedded guide training: started") for line in lines)
+    assert any("embedded guide training: step " in line for line in lines)
+    assert any("embedded guide training: done 3/3 steps" in line for line in lines)
+    out = io.StringIO()
+    with RunProgress(stream=out, live=False, interval=0.0):
+        build_guide("embedded", steps=3, cache_dir=tmp_path)  # cached: nothing to report
+    assert "embedded guide training" not in out.getvalue()

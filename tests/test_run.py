@@ -149,6 +149,7 @@ def test_an_interrupted_stage_resumes_from_its_checkpoint_and_finished_cells_sta
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     at = re.findall(r"resuming at step (\d+) of (\d+)", resumed.stdout + resumed.stderr)
     assert at and 0 < int(at[0][0]) < int(at[0][1]), resumed.stdout[-2000:]
+    print(f"{stage} {how.name}: resumed at step {at[0][0]} of {at[0][1]}")  # shown with pytest -s
     assert {p: p.read_text() for p in finished} == finished  # finished cells untouched
     assert len(list((run / "cells").glob("*.json"))) == len(data["methods"])
     assert_nothing_half_written(run)

@@ -41,6 +41,7 @@ from harness.guide.model import image_size as input_size
 from harness.guide.pairs import BETA, CAPTION_CLASSES, make_pairs
 from harness.guide.training import train_guide
 from harness.store import atomic_write_json, file_lock, file_sha256
+from harness.ui.progress import active_progress
 
 VERSION = 2  # bump when the data recipe changes, to invalidate caches
 
@@ -87,8 +88,14 @@ def load_embedded(steps: int = 600, seed: int = 0, cache: Path | None = None, pr
             summary = json.loads(meta_path.read_text())
         else:
             state = path.with_name(f".{key}.state.pt")
-            with _progress_bar(progress) as bar:
-                model, summary = train_embedded(steps, seed, state, progress=bar, **training)
+            run = active_progress()
+            if run is not None:  # inside `harness run`: a task of the run's progress (lines in a batch log)
+                update, finish = run.task("embedded guide training")
+                model, summary = train_embedded(steps, seed, state, progress=update, **training)
+                finish()
+            else:
+                with _progress_bar(progress) as bar:
+                    model, summary = train_embedded(steps, seed, state, progress=bar, **training)
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".{path.name}.tmp")
             save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))

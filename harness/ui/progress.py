@@ -23,6 +23,13 @@ ProgressFn = Callable[[int, int, dict[str, float]], None]
 
 
 _SINKS: list[Callable[[str], None]] = []
+_ACTIVE: list["RunProgress"] = []
+
+
+def active_progress() -> "RunProgress | None":
+    """The run's progress while one is entered (so code deep in a task, e.g. training the embedded
+    guide, reports like a stage does: bars on a terminal, lines in a batch log)."""
+    return _ACTIVE[-1] if _ACTIVE else None
 
 
 def emit(text: str) -> None:
@@ -71,6 +78,7 @@ class RunProgress:
         if self._bars is not None:
             self._bars.start()
         _SINKS.append(self.line)
+        _ACTIVE.append(self)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -79,6 +87,8 @@ class RunProgress:
     def close(self) -> None:
         if self.line in _SINKS:
             _SINKS.remove(self.line)
+        if self in _ACTIVE:
+            _ACTIVE.remove(self)
         if self._bars is not None:
             self._bars.stop()
             self._bars = None
