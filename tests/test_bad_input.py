@@ -5,6 +5,7 @@ give the same line (validation is one function), and ``run`` stops before writin
 import copy
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from harness.cli import app
+from harness.errors import HarnessError
 from harness.models import build_backbone
 from harness.store import save_weights
 from tests.test_run import TINY
@@ -207,3 +209,13 @@ def test_top_level_on_corrupt_skip_warns_as_documented(tmp_path, cli):
     result = cli(["run", recipe, "--dry-run"])
     assert result.exit_code == 0, result.output
     assert "warning: folder: skipped 1 corrupt image(s): dot.png (1x1 px, under 16 px)" in result.stderr
+
+
+def test_a_gpu_request_the_partition_cannot_give_names_the_setting(tmp_path, monkeypatch):
+    from harness.exec import slurm as executor
+
+    refused = subprocess.CompletedProcess([], 1, "", "sbatch: error: Invalid generic resource (gres) specification")
+    monkeypatch.setattr(executor.subprocess, "run", lambda *a, **k: refused)
+    with pytest.raises(HarnessError) as err:
+        executor._sbatch(tmp_path / "level0.sbatch", None)
+    assert "gres" in str(err.value) and "device: cpu" in str(err.value)

@@ -85,3 +85,4 @@ def test_a_signalled_job_saves_requeues_and_resumes(tmp_path, slurm):
     assert re.search(r"preempted at step \d+; state saved", log), log[-2000:]
     assert re.search(r"resuming at step \d+ of 40", log), log[-2000:]
     assert len(list((run / "cells").glob("*.json"))) == 1
+

@@ -90,8 +90,11 @@ def _sbatch(script: Path, after: str | None) -> str:
     command += ([f"--dependency=afterok:{after}"] if after else []) + [str(script)]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
-        raise HarnessError(f"sbatch {script} failed: {done.stderr.strip() or done.stdout.strip()}",
-                           "check resources.slurm (partition, account, time) and that slurmctld is up (`sinfo`)")
+        said = done.stderr.strip() or done.stdout.strip()
+        fix = ("the partition has no GPUs to give: set device: cpu (or resources.gpus_per_cell: 0), or pick a GPU "
+               "partition with resources.slurm.partition" if "gres" in said.lower() else
+               "check resources.slurm (partition, account, time) and that slurmctld is up (`sinfo`)")
+        raise HarnessError(f"sbatch {script} failed: {said}", fix)
     return done.stdout.strip().split(";")[0]
 
 
