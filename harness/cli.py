@@ -15,10 +15,9 @@ from typing import List, Optional
 import typer
 from typer.core import TyperGroup
 
-from harness.errors import HarnessError
+from harness.errors import EXIT_PREEMPTED, HarnessError
 
 EXIT_BAD_INPUT = 2
-EXIT_PREEMPTED = 75  # EX_TEMPFAIL: state saved, run again to resume
 
 # name -> (module:attribute, one-line help): imported only when the command runs
 LAZY_COMMANDS: dict[str, tuple[str, str]] = {

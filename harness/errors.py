@@ -9,6 +9,9 @@ class HarnessError(Exception):
         super().__init__(" ".join(message.split()))
 
 
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: a process whose loop was preempted (state saved; run it again to resume)
+
+
 class Preempted(Exception):
     """A training loop stopped on SIGTERM/SIGUSR1 after saving its state; a rerun resumes at ``step``."""
 

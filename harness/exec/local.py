@@ -18,10 +18,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.errors import HarnessError
+from harness.errors import EXIT_PREEMPTED, HarnessError
 from harness.plan.graph import Plan, Task
-
-EXIT_PREEMPTED = 75
 
 
 @dataclass

@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from harness.errors import HarnessError
+from harness.errors import EXIT_PREEMPTED, HarnessError
 from harness.plan.graph import Plan, Task
 from harness.recipe import SlurmConfig
 
@@ -57,10 +57,10 @@ def _level_script(plan: Plan, run_dir: Path, level: int, tasks: list[Task], task
     lines += [
         f"{shlex.join(worker)} \"$SLURM_ARRAY_TASK_ID\" &",
         "pid=$!",
-        "trap 'kill -USR1 $pid 2>/dev/null' USR1 TERM",  # the loop saves and exits 75
+        "trap 'kill -USR1 $pid 2>/dev/null' USR1 TERM",  # the loop saves and exits EXIT_PREEMPTED
         "wait $pid; code=$?",
         "while kill -0 $pid 2>/dev/null; do wait $pid; code=$?; done",
-        'if [ "$code" -eq 75 ]; then scontrol requeue "${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"; exit 0; fi',
+        f'if [ "$code" -eq {EXIT_PREEMPTED} ]; then scontrol requeue "${{SLURM_ARRAY_JOB_ID}}_${{SLURM_ARRAY_TASK_ID}}"; exit 0; fi',
         'exit "$code"',
     ]
     return "\n".join(lines) + "\n"

@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from harness.errors import HarnessError
+from harness.errors import EXIT_PREEMPTED, HarnessError
 from harness.plan.graph import Plan, Task
 
 
@@ -20,7 +20,7 @@ def launch(command: list[str], what: str, env: dict[str, str] | None = None) -> 
     import os
 
     code = subprocess.run(command, env={**os.environ, **(env or {})}).returncode
-    if code == 75:
+    if code == EXIT_PREEMPTED:
         raise HarnessError(f"{what} was stopped by SIGTERM/SIGUSR1; its state is saved", "rerun the same command to resume")
     if code != 0:
         raise HarnessError(f"{what} failed (exit code {code}); finished work is kept",

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -201,7 +201,6 @@ class _CpuMetrics:
 
 # ------------------------------------------------------------ the stream
 
-OutputHook = Callable[[Job, torch.Tensor, torch.Tensor], None]  # (job, input 3xHxW, output 3xHxW), on CPU
 
 
 def _stack(images: list[torch.Tensor]) -> torch.Tensor:
@@ -227,13 +226,13 @@ def score_stream(jobs: list[Job], metrics: dict[str, Metric], device: torch.devi
                  model: nn.Module | None = None, max_side: int | None = None, batch_size: int | None = None,
                  batch_pixels: int = BATCH_PIXELS, tile: int | None = None, overlap: int = 32,
                  workers: int = 1, decode_workers: int | None = None, on_corrupt: str = "fail",
-                 on_output: OutputHook | None = None, progress: bool = False) -> pd.DataFrame:
+                 on_output: "_Outputs | None" = None, progress: bool = False) -> pd.DataFrame:
     """Score ``jobs``: one row per image (``image`` + one column per metric), indexed by position.
 
     With a ``model`` each image is restored first and the metrics score the restoration
     (``needs_input`` metrics compare it with the decoded image); without one, the decoded images
     themselves. ``on_corrupt="skip"`` leaves out (and names) files that cannot be decoded.
-    ``on_output`` sees every (input, output) pair, e.g. to save PNGs.
+    ``on_output`` gets the (input, output) pairs it ``wants``, on the CPU (to save PNGs, keep samples).
     """
     if on_corrupt not in ("fail", "skip"):
         raise HarnessError(f"on_corrupt must be 'fail' or 'skip', got {on_corrupt!r}")
@@ -271,14 +270,15 @@ def score_stream(jobs: list[Job], metrics: dict[str, Metric], device: torch.devi
                                         images if metric.spec.needs_input else None)
             for it, value in zip(items, values.tolist()):
                 rows[it["job"].position][name] = float(value)
-        if on_cpu or on_output is not None:
-            out_cpu, in_cpu = out.cpu(), images.cpu()
+        wanted = [on_output is not None and on_output.wants(it["job"]) for it in items]
+        if on_cpu or any(wanted):  # one copy of the outputs to the host, only when something reads them there
+            out_cpu = out.cpu()
             for i, it in enumerate(items):
-                if on_output is not None:
-                    on_output(it["job"], in_cpu[i], out_cpu[i])
+                if wanted[i]:
+                    on_output(it["job"], it["image"], out_cpu[i])
                 if on_cpu:
                     ref = None if refs is None else to_array(it["reference"])
-                    cpu.submit(it["job"].position, to_array(out_cpu[i]), ref, to_array(in_cpu[i]), rows)
+                    cpu.submit(it["job"].position, to_array(out_cpu[i]), ref, to_array(it["image"]), rows)
         bar.advance(task, len(items))
 
     def capacity(h: int, w: int) -> int:
@@ -324,6 +324,9 @@ class _Outputs:
     def __init__(self, folder: Path | None, samples: int):
         self.folder, self.samples = folder, samples
         self.kept: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def wants(self, job: Job) -> bool:
+        return self.folder is not None or job.position < self.samples
 
     def __call__(self, job: Job, image: torch.Tensor, out: torch.Tensor) -> None:
         if self.folder is not None:

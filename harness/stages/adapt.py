@@ -8,7 +8,6 @@ commit. It depends on the pretrained artifact (and, for ``graft``, on the source
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -23,18 +22,16 @@ from harness.hashing import stable_hash
 from harness.stages import pretrain
 from harness.stages.context import StageContext
 from harness.store import atomic_write_json, file_sha256, load_weights, read_json, save_weights, sidecar
-from harness.store.artifacts import artifact_meta, commit, is_fresh, staging_dir
+from harness.store.artifacts import artifact_meta, commit, commit_id, is_fresh, staging_dir
 
 WEIGHTS = "model.safetensors"
 
 
 def deps(task: Task, ctx: StageContext) -> dict[str, str | None]:
     """The commit ids of what this adaptation is built from, as they are now."""
-    meta = artifact_meta(ctx.store.pretrained_dir(task.spec["pretrain"]))
-    out = {"pretrain": meta["commit"] if meta else None}
+    out = {"pretrain": commit_id(ctx.store.pretrained_dir(task.spec["pretrain"]))}
     if task.spec.get("source"):
-        meta = artifact_meta(ctx.store.adapted_dir(task.spec["source"]))
-        out["source"] = meta["commit"] if meta else None
+        out["source"] = commit_id(ctx.store.adapted_dir(task.spec["source"]))
     return out
 
 
@@ -124,7 +121,7 @@ def _stamp_adapter(adapter: Path, spec: dict[str, Any], base_sha256: str, guide_
     """Record in an adapter's sidecar which base checkpoint, backbone and guide it belongs to."""
     if not sidecar(adapter).is_file():
         return
-    meta = json.loads(sidecar(adapter).read_text())
+    meta = read_json(sidecar(adapter))
     bb = spec["backbone"]
     meta.update({"backbone": bb["type"], "variant": bb.get("variant", "full"),
                  "options": pretrain.backbone_options(bb), "base_sha256": base_sha256, "guide": guide_info,
@@ -133,5 +130,4 @@ def _stamp_adapter(adapter: Path, spec: dict[str, Any], base_sha256: str, guide_
 
 
 def commit_of(task: Task, ctx: StageContext) -> str | None:
-    meta = artifact_meta(ctx.store.adapted_dir(task.key))
-    return meta["commit"] if meta else None
+    return commit_id(ctx.store.adapted_dir(task.key))

@@ -4,14 +4,13 @@ strategy, and resources built once (datasets and their fingerprints, metrics, th
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from harness.engine.strategy import Strategy
 from harness.errors import HarnessError
-from harness.plan.graph import Plan, Task
+from harness.plan.graph import Plan
 from harness.hashing import stable_hash
 from harness.recipe import Recipe, dataset_spec
 from harness.registry import DATASETS
@@ -94,8 +93,3 @@ class StageContext:
             self._losses[key] = H2CLoss(self.guide(), **settings).to(self.device)
         return self._losses[key]
 
-    def relative(self, path: Path) -> str:
-        return self.store.relative(path)
-
-    def task(self, task_id: str) -> Task:
-        return self.plan.tasks[task_id]

@@ -19,7 +19,7 @@ from harness.plan.graph import Task
 from harness.registry import REWEIGHTS
 from harness.stages.context import StageContext
 from harness.store import load_weights, read_json, save_weights, sidecar
-from harness.store.artifacts import artifact_meta, commit, is_fresh, staging_dir
+from harness.store.artifacts import artifact_meta, commit, commit_id, is_fresh, staging_dir
 
 WEIGHTS = "model.safetensors"
 
@@ -121,5 +121,4 @@ def run(task: Task, ctx: StageContext) -> dict[str, Any]:
 
 
 def commit_of(task: Task, ctx: StageContext) -> str | None:
-    meta = artifact_meta(ctx.store.pretrained_dir(task.key))
-    return meta["commit"] if meta else None
+    return commit_id(ctx.store.pretrained_dir(task.key))

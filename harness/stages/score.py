@@ -14,7 +14,7 @@ from harness.stages import adapt, pretrain
 from harness.stages.context import StageContext
 from harness.stages.record import build_record
 from harness.store import read_json, sidecar
-from harness.store.artifacts import artifact_meta
+from harness.store.artifacts import commit_id
 
 
 def _benchmarks(ctx: StageContext) -> dict[str, Any]:
@@ -26,8 +26,7 @@ def inputs(task: Task, ctx: StageContext) -> dict[str, Any]:
 
 
 def deps(task: Task, ctx: StageContext) -> dict[str, str | None]:
-    meta = artifact_meta(ctx.store.adapted_dir(task.spec["adapt"]))
-    return {"adapt": meta["commit"] if meta else None}
+    return {"adapt": commit_id(ctx.store.adapted_dir(task.spec["adapt"]))}
 
 
 def exists(task: Task, ctx: StageContext) -> bool:

@@ -27,6 +27,12 @@ def artifact_meta(folder: Path) -> dict[str, Any] | None:
     return read_json(Path(folder) / MANIFEST)
 
 
+def commit_id(folder: Path) -> str | None:
+    """The commit id of the artifact in ``folder`` (None if there is none): what a dependent records."""
+    meta = artifact_meta(folder)
+    return meta["commit"] if meta else None
+
+
 def staging_dir(folder: Path) -> Path:
     """An empty staging folder for ``folder`` (on the same file system, so the commit is a rename)."""
     staging = folder.with_name(f".{folder.name}.staging-{os.getpid()}")

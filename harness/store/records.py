@@ -103,6 +103,3 @@ class RunStore:
             at = r.get("provenance", {}).get("finished_at", "")
             first[recipe(r)] = min(first.get(recipe(r), at), at)
         return sorted(records, key=lambda r: (first[recipe(r)], recipe(r), r["cell"].get("index", 0)))
-
-    def relative(self, path: Path) -> str:
-        return str(Path(path).resolve().relative_to(self.root.resolve()))
