@@ -232,3 +232,18 @@ def test_training_the_embedded_guide_inside_a_run_reports_as_a_task(tmp_path):
     with RunProgress(stream=out, live=False, interval=0.0):
         build_guide("embedded", steps=3, cache_dir=tmp_path)  # cached: nothing to report
     assert "embedded guide training" not in out.getvalue()
+
+
+def test_identity_output_is_finite_and_gradients_reach_output_only(guide):
+    """At out == in the image direction is zero: the loss is exactly 1 with a finite gradient, not NaN."""
+    inp = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    out = inp.clone().requires_grad_(True)
+    loss = H2CLoss(guide)(out, inp)
+    loss.backward()
+    assert loss.item() == pytest.approx(1.0, abs=1e-6)
+    assert torch.isfinite(out.grad).all()
+    assert all(not p.requires_grad and p.grad is None for p in guide.model.parameters())
+    moved = (inp * 0.8).requires_grad_(True)
+    H2CLoss(guide)(moved, inp).backward()
+    assert moved.grad.abs().sum() > 0
+

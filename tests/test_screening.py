@@ -26,6 +26,8 @@ def folder(tmp_path, shared_data):
 
 
 def test_verify_alone_misses_the_truncated_jpeg(folder):
+    """Pins the Pillow behaviour the screening is built around (not harness code): verify() passes a
+    JPEG cut mid-scan, so screening must decode."""
     with Image.open(folder / "wolf.jpg") as im:
         im.verify()  # no error: why screening must decode
 

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from harness.errors import HarnessError
+from harness.models.base import parent_of
 
 Layout = Literal["conv", "loralib"]
 LAYOUTS = ("conv", "loralib")
@@ -133,11 +134,6 @@ class GatedLoRA(nn.Module):
             self.merged = False
 
 
-def _parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
-    parent_name, _, attr = name.rpartition(".")
-    return (model.get_submodule(parent_name) if parent_name else model), attr
-
-
 def select_sites(model: nn.Module, patterns: list[str] | None = None) -> dict[str, list[str]]:
     """The model's candidate site groups whose names match any of ``patterns`` (all when None)."""
     sites = model.lora_sites()
@@ -164,7 +160,7 @@ def inject_lora(model: nn.Module, sites: dict[str, list[str]], rank: int, alpha:
         # shape (1,), not a 0-dim scalar: DeepSpeed broadcasts parameters as bytes, which a 0-dim tensor cannot view
         gate = nn.Parameter(torch.full((1,), gate_init, device=first.weight.device))
         for name in names:
-            parent, attr = _parent(model, name)
+            parent, attr = parent_of(model, name)
             base = getattr(parent, attr)
             if isinstance(base, GatedLoRA):
                 raise HarnessError(f"{name} already carries a LoRA branch", "name each module in one site group only")
@@ -202,7 +198,7 @@ def remove_lora(model: nn.Module, names: list[str] | None = None, merge: bool = 
             continue
         if merge:
             module.merge()
-        parent, attr = _parent(model, name)
+        parent, attr = parent_of(model, name)
         setattr(parent, attr, module.base)
     if not lora_modules(model):
         for p in model.parameters():

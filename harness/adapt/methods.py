@@ -187,11 +187,7 @@ def full_ft(steps: PositiveInt = 100, lr: PositiveFloat = 1e-4) -> FullFineTune:
     return FullFineTune(steps, lr)
 
 
-def _sites_fit(params: dict, context: CheckContext) -> None:
-    _sites_match(params, context)
-
-
-@METHODS.register("manual_lora", check=_sites_fit)
+@METHODS.register("manual_lora", check=_sites_match)
 def manual_lora(sites: Annotated[list[str], Field(min_length=1)], rank: PositiveInt = 8, alpha: PositiveFloat = 16,
                 steps: PositiveInt = 100, lr: PositiveFloat = 1e-4, layout: Layout = "conv") -> ManualLoRA:
     """LoRA at hand-picked site groups (names or fnmatch patterns)."""

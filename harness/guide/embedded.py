@@ -35,7 +35,7 @@ import open_clip
 import torch
 from safetensors.torch import load_file, save_file
 
-from harness.engine.strategy import Strategy
+from harness.engine.strategy import Strategy, current_strategy
 from harness.guide.model import TINY_MODEL, Guide, create_model
 from harness.guide.model import image_size as input_size
 from harness.guide.pairs import BETA, CAPTION_CLASSES, make_pairs
@@ -56,7 +56,11 @@ def train_embedded(steps: int, seed: int, state_path: Path, batch_size: int = 64
                    strategy: Strategy | None = None, direction_weight: float = 1.0,
                    adversarial: float = 0.0, image_size: int = 64,
                    align_weight: float = 0.0) -> tuple[torch.nn.Module, dict]:
-    """Train the tiny CLIP from scratch on captioned degraded crops; returns (model, training summary)."""
+    """Train the tiny CLIP from scratch on captioned degraded crops; returns (model, training summary).
+
+    One process trains it (the others of a torchrun wait on the cache's lock), so by default on this
+    process's device alone, never with the run's DDP/DeepSpeed strategy."""
+    strategy = strategy or Strategy(current_strategy().device)
     torch.manual_seed(seed)
     model = create_model(model_name, force_image_size=image_size)
     data = make_pairs(pool, image_size, seed)
@@ -81,9 +85,9 @@ def load_embedded(steps: int = 600, seed: int = 0, cache: Path | None = None, pr
     key = stable_hash(config)
     path = cache_dir(cache) / f"{key}.safetensors"
     meta_path = path.with_suffix(".json")
-    model = create_model(model_name, force_image_size=training.get("image_size", 64))
     with file_lock(path.with_name(f".{key}.lock")):  # torchrun ranks: one trains, the others wait and load
         if path.is_file() and meta_path.is_file():
+            model = create_model(model_name, force_image_size=training.get("image_size", 64))
             model.load_state_dict(load_file(str(path)))
             summary = json.loads(meta_path.read_text())
         else:

@@ -71,6 +71,12 @@ class _GuideRef:
 BACKBONE_CARDS: dict[str, BackboneCard] = {}
 
 
+def parent_of(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+    """The module holding submodule ``name`` of ``model`` and the attribute it is held under."""
+    parent_name, _, attr = name.rpartition(".")
+    return (model.get_submodule(parent_name) if parent_name else model), attr
+
+
 def register_backbone(
     name: str,
     *,

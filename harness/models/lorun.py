@@ -48,7 +48,8 @@ import math
 import torch
 from torch import nn
 
-from harness.models.base import DehazeNet, PretrainPhase, count_params, register_backbone, variant_config
+from harness.models.base import (DehazeNet, PretrainPhase, count_params, parent_of, register_backbone,
+                                 variant_config)
 from harness.models.restormer_blocks import Downsample, Upsample, transformer_stack
 
 
@@ -177,8 +178,7 @@ class LoRun(DehazeNet):
         self.adapted_convs: list[str] = []
         for name, module in list(self.denoiser.named_modules()):
             if isinstance(module, nn.Conv2d) and module.groups == 1:
-                parent_name, _, attr = name.rpartition(".")
-                parent = self.denoiser.get_submodule(parent_name) if parent_name else self.denoiser
+                parent, attr = parent_of(self.denoiser, name)
                 setattr(parent, attr, StageAdaptedConv(module, stages, gamma, self.context))
                 self.adapted_convs.append(f"denoiser.{name}")
 

@@ -204,12 +204,10 @@ class BILD:
                 ) -> "BILDStepper":
         return BILDStepper(model, hazy, clear, self, **kw)
 
-    def pretrain(self, model: nn.Module, hazy: Sequence[torch.Tensor], clear: Sequence[torch.Tensor], *,
-                 artifacts_dir: Path | None = None, names: list[str] | None = None, **kw: Any
+    def pretrain(self, model: nn.Module, hazy: Sequence[torch.Tensor], clear: Sequence[torch.Tensor], **kw: Any
                  ) -> tuple[nn.Module, LoopResult, "BILDStepper"]:
         """``pretrain_supervised`` with BILD's stepper: the model (f_w is not part of it), the loop's
-        result and the finished stepper (its ``reweighter`` and ``summary()``). With ``artifacts_dir``
-        f_w and the learned patch weights are exported there first (``BILDStepper.export``)."""
+        result and the finished stepper (its ``reweighter``, ``summary()`` and ``export``)."""
         made: list[BILDStepper] = []
 
         def make(*args: Any, **options: Any) -> BILDStepper:
@@ -217,10 +215,7 @@ class BILD:
             return made[-1]
 
         model, result = pretrain_supervised(model, hazy, clear, make_stepper=make, **kw)
-        stepper = made[-1]
-        if artifacts_dir is not None:
-            stepper.export(artifacts_dir, hazy, clear, names or [f"{i:05d}" for i in range(len(hazy))])
-        return model, result, stepper
+        return model, result, made[-1]
 
 
 @REWEIGHTS.register("bild")
@@ -263,7 +258,6 @@ class BILDStepper(SupervisedStepper):
         self.weigher = strategy.prepare(self.reweighter, list(self.reweighter.parameters()),
                                         lambda p: torch.optim.Adam(p, lr=config.lr))
         self.named = [(name, p) for name, p in self.trained.model.named_parameters() if p.requires_grad]
-        self.artifacts: dict[str, Path] = {}
 
     def stateful(self) -> dict[str, Any]:
         return {**super().stateful(), **self.weigher.stateful("reweighter_")}
@@ -334,10 +328,9 @@ class BILDStepper(SupervisedStepper):
             "images": [{"name": n, "weights": m.tolist()} for n, m in zip(names, maps)],
         })
         patch_weight_figure(_Rows(hazy, first), maps, self.patch_size, folder / "patch_weights.png")
-        self.artifacts = {k: folder / f for k, f in (("reweighter", "reweighter.safetensors"),
-                                                     ("patch_weights", "patch_weights.json"),
-                                                     ("patch_weights_figure", "patch_weights.png"))}
-        return self.artifacts
+        return {k: folder / f for k, f in (("reweighter", "reweighter.safetensors"),
+                                           ("patch_weights", "patch_weights.json"),
+                                           ("patch_weights_figure", "patch_weights.png"))}
 
     def summary(self) -> dict[str, Any]:
         """Settings and split sizes, for the checkpoint's sidecar."""

@@ -63,8 +63,7 @@ def build(records: list[dict[str, Any]], with_published: bool = False,
         elif table.name == "ablation":
             add_published_rows(table, published, "ablation")
         elif table.name.startswith("efficiency"):
-            add_published_columns(table, published)
-        table.rank()
+            add_published_columns(table, published)  # published rows/columns take no part in the ranking
     return tables, published_tables(published)
 
 
