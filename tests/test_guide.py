@@ -247,3 +247,25 @@ def test_identity_output_is_finite_and_gradients_reach_output_only(guide):
     H2CLoss(guide)(moved, inp).backward()
     assert moved.grad.abs().sum() > 0
 
+
+
+def test_weights_id_names_the_weights_a_built_guide_has(tmp_path, guide, monkeypatch):
+    """What adapted results record about their guide must match the guide actually built, and change
+    when its weights do: the embedded guide's cache file is named by it, an open_clip guide's file
+    has it as sha256."""
+    import importlib
+
+    from harness.guide import weights_id
+
+    embedded_module = importlib.import_module("harness.guide.embedded")  # the package's `embedded` is the guide
+    built = build_guide("embedded", steps=3, cache_dir=tmp_path)
+    assert built.info["config_hash"] == weights_id("embedded", steps=3, cache_dir=tmp_path)
+    assert weights_id("embedded", steps=3, views=4) == weights_id("embedded", steps=3)  # views: the loss, not the weights
+    assert weights_id("embedded", steps=4) != weights_id("embedded", steps=3)
+    monkeypatch.setattr(embedded_module, "VERSION", embedded_module.VERSION + 1)  # a changed data recipe
+    assert weights_id("embedded", steps=3) != built.info["config_hash"]
+    path = tmp_path / "tiny.pt"
+    torch.save(guide.model.state_dict(), path)
+    loaded = build_guide("open_clip", model=TINY_MODEL, pretrained=str(path))
+    assert weights_id("open_clip", model=TINY_MODEL, pretrained=str(path)) == loaded.info["sha256"]
+    assert weights_id("open_clip", model=TINY_MODEL, pretrained=None) is None

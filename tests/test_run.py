@@ -182,6 +182,33 @@ def test_a_changed_benchmark_image_makes_its_scores_stale(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_replaced_guide_makes_what_it_trained_stale(tmp_path):
+    """A guide weights file replaced at the same path (same recipe) retrains the adaptations that
+    used it, and only those: the pretrained model and the unadapted cell are reused."""
+    import torch
+
+    from harness.guide.model import TINY_MODEL, create_model
+
+    weights = tmp_path / "guide.pt"
+    torch.manual_seed(0)
+    torch.save(create_model(TINY_MODEL).state_dict(), weights)
+    data = dict(TINY, methods=TINY["methods"][:2], guide={"type": "open_clip", "model": TINY_MODEL,
+                                                          "pretrained": str(weights)})
+    recipe = write(tmp_path, data)
+    assert harness("run", str(recipe), cwd=tmp_path, timeout=900).returncode == 0
+    before = records(tmp_path / "run")
+    torch.manual_seed(1)
+    torch.save(create_model(TINY_MODEL).state_dict(), weights)
+    again = harness("run", str(recipe), cwd=tmp_path, timeout=900)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "2 task(s) run" in again.stdout, again.stdout[-2000:]  # adapt + score of full_ft
+    after = records(tmp_path / "run")
+    assert after["none"] == before["none"]
+    assert after["full_ft"]["provenance"]["guide"]["sha256"] != before["full_ft"]["provenance"]["guide"]["sha256"]
+    assert after["full_ft"]["provenance"]["deps"] != before["full_ft"]["provenance"]["deps"]  # a new adaptation
+
+
+@pytest.mark.slow
 def test_a_truncated_record_is_recomputed_and_named(tmp_path):
     """Issue 9 failure 6: a truncated record counted as finished and crashed run/report."""
     data = dict(TINY, methods=[{"type": "none"}])

@@ -17,6 +17,16 @@ if TYPE_CHECKING:
     from harness.guide.model import Guide
 
 
+def _embedded_training(tower: str = "vit", pool: int = 2048, noise: float = 0.02, direction_weight: float = 1.0,
+                       adversarial: float = 0.25, image_size: int = 32, align_weight: float = 2.0) -> dict:
+    """The embedded guide's recipe options as its training settings."""
+    from harness.guide.model import TINY_CONV_MODEL, TINY_MODEL
+
+    return dict(model_name=TINY_MODEL if tower == "vit" else TINY_CONV_MODEL, pool=pool, noise=noise,
+                direction_weight=direction_weight, adversarial=adversarial, image_size=image_size,
+                align_weight=align_weight)
+
+
 @GUIDES.register("embedded")
 def embedded(steps: int = 400, seed: int = 0, cache_dir: Path | None = None, views: int = 1,
              view_scale: float = 0.5, tower: Literal["vit", "conv"] = "vit", pool: int = 2048,
@@ -24,12 +34,10 @@ def embedded(steps: int = 400, seed: int = 0, cache_dir: Path | None = None, vie
              align_weight: float = 2.0):
     """The harness's own degradation-aware tiny CLIP (trained once, then cached): a ``Guide``."""
     from harness.guide.embedded import load_embedded
-    from harness.guide.model import TINY_CONV_MODEL, TINY_MODEL
 
     return load_embedded(steps=steps, seed=seed, cache=cache_dir, views=views, view_scale=view_scale,
-                         model_name=TINY_MODEL if tower == "vit" else TINY_CONV_MODEL, pool=pool, noise=noise,
-                         direction_weight=direction_weight, adversarial=adversarial, image_size=image_size,
-                         align_weight=align_weight)
+                         **_embedded_training(tower, pool, noise, direction_weight, adversarial, image_size,
+                                              align_weight))
 
 
 def _weights_resolve(params: dict, context: CheckContext) -> None:
@@ -50,6 +58,30 @@ def open_clip_guide(model: str = "ViT-B-32", pretrained: str | None = "openai", 
 def build_guide(type: str, **params) -> Guide:
     """Build a registered guide by name."""
     return GUIDES.build(type, **params)
+
+
+def weights_id(type: str, **params) -> str | None:
+    """Which weights a guide entry stands for, found without building it: the embedded guide's
+    training hash (its code's ``VERSION`` included), the sha256 of an open_clip weights file, or
+    None (random open_clip weights, or a guide type that names no weights). Results adapted with a
+    guide record this, so a retrained or replaced guide makes them stale."""
+    import inspect
+
+    if type not in ("embedded", "open_clip"):
+        return None
+    bound = inspect.signature(GUIDES.get(type)).bind(**params)
+    bound.apply_defaults()
+    args = bound.arguments
+    if type == "embedded":
+        from harness.guide.embedded import config_key
+
+        names = inspect.signature(_embedded_training).parameters
+        return config_key(args["steps"], args["seed"], **_embedded_training(**{k: args[k] for k in names}))
+    from harness.guide.model import resolve_weights
+    from harness.store import file_sha256
+
+    weights, _ = resolve_weights(args["model"], args["pretrained"], args["cache_dir"])
+    return file_sha256(weights) if weights is not None else None
 
 
 def guide_identity(guide: Guide, spec: dict) -> dict:

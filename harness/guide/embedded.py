@@ -73,16 +73,22 @@ def train_embedded(steps: int, seed: int, state_path: Path, batch_size: int = 64
                    "curve": result.curve}
 
 
-def load_embedded(steps: int = 600, seed: int = 0, cache: Path | None = None, progress: bool = True,
-                  views: int = 8, view_scale: float = 0.5, **training) -> Guide:
-    """The embedded guide, trained on first use and loaded from the cache afterwards."""
+def config_key(steps: int, seed: int, **training) -> str:
+    """The hash naming the guide these settings train: its architecture, data recipe and training
+    settings (and ``VERSION``); the cache file's name, and what a result adapted with it records."""
     from harness.hashing import stable_hash
 
     model_name = training.get("model_name", TINY_MODEL)
-    config = {"model": json.loads(Path(__file__).with_name(f"{model_name}.json").read_text()),
-              "classes": CAPTION_CLASSES, "beta": BETA, "steps": steps, "seed": seed, "version": VERSION,
-              **training}
-    key = stable_hash(config)
+    return stable_hash({"model": json.loads(Path(__file__).with_name(f"{model_name}.json").read_text()),
+                        "classes": CAPTION_CLASSES, "beta": BETA, "steps": steps, "seed": seed, "version": VERSION,
+                        **training})
+
+
+def load_embedded(steps: int = 600, seed: int = 0, cache: Path | None = None, progress: bool = True,
+                  views: int = 8, view_scale: float = 0.5, **training) -> Guide:
+    """The embedded guide, trained on first use and loaded from the cache afterwards."""
+    model_name = training.get("model_name", TINY_MODEL)
+    key = config_key(steps, seed, **training)
     path = cache_dir(cache) / f"{key}.safetensors"
     meta_path = path.with_suffix(".json")
     with file_lock(path.with_name(f".{key}.lock")):  # torchrun ranks: one trains, the others wait and load

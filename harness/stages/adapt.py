@@ -36,7 +36,11 @@ def deps(task: Task, ctx: StageContext) -> dict[str, str | None]:
 
 
 def inputs(task: Task, ctx: StageContext) -> dict[str, Any]:
-    return {"target": ctx.fingerprint(task.spec["target"])}
+    """The target's content and, for a method trained with the guide, the guide's weights."""
+    found = {"target": ctx.fingerprint(task.spec["target"])}
+    if build_method(task.spec["method"]).needs_loss:
+        found["guide"] = ctx.guide_weights()
+    return found
 
 
 def exists(task: Task, ctx: StageContext) -> bool:

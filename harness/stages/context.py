@@ -29,6 +29,7 @@ class StageContext:
     _fingerprints: dict[str, str] = field(default_factory=dict)
     _metrics: dict | None = None
     _guide: Any = None
+    _guide_weights: tuple[str | None] | None = None
     _losses: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -82,6 +83,15 @@ class StageContext:
             g = self.recipe.guide
             self._guide = build_guide(g.type, **g.params)
         return self._guide
+
+    def guide_weights(self) -> str | None:
+        """The recipe guide's weights identity (:func:`harness.guide.weights_id`), worked out once."""
+        from harness.guide import weights_id
+
+        if self._guide_weights is None:
+            g = self.recipe.guide
+            self._guide_weights = (weights_id(g.type, **g.params),)
+        return self._guide_weights[0]
 
     def loss(self, method: dict[str, Any]):
         """The H2C loss of ``method`` (one per prompt/mode setting), on this process's device."""
