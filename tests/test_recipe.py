@@ -19,6 +19,15 @@ def base() -> dict:
     return yaml.safe_load(QUICKSTART.read_text())
 
 
+@pytest.fixture
+def dea_base(base) -> dict:
+    """The quickstart with the tiny DEA-Net (the paper's baseline) on ITS-range haze."""
+    base["backbones"] = [{"type": "dea_net", "variant": "tiny"}]
+    base["pretrain"][0].update(label="asm", kind="asm")
+    base["methods"][2]["sites"] = ["level3_block1", "level3_block2"]
+    return base
+
+
 def test_quickstart_expands_to_one_cell_per_method(base, tmp_path):
     recipe = load_recipe(write(tmp_path, base))
     cells = expand(recipe)
@@ -149,32 +158,32 @@ def test_every_step_count_rank_and_lr_is_validated(base, tmp_path, index, key, v
         load_recipe(write(tmp_path, _method(base, index, **{key: value})))
 
 
-def test_top_k_and_sites_are_checked_against_the_backbones_candidate_groups(base, tmp_path):
+def test_top_k_and_sites_are_checked_against_the_backbones_candidate_groups(dea_base, tmp_path):
     """DEA-Net tiny has 8 candidate groups (4 + 4 blocks, the paper's grouping at tiny width)."""
     with pytest.raises(HarnessError, match=r"top_k=99 but backbone dea_net-tiny has 8 candidate.*at most 8"):
-        load_recipe(write(tmp_path, _method(base, 3, top_k=99)))
+        load_recipe(write(tmp_path, _method(dea_base, 3, top_k=99)))
     with pytest.raises(HarnessError, match=r"top_k=3 but backbone dea_net-tiny has 2 candidate"):
-        load_recipe(write(tmp_path, _method(base, 3, top_k=3, sites=["level3_block1", "level3_block2"])))
+        load_recipe(write(tmp_path, _method(dea_base, 3, top_k=3, sites=["level3_block1", "level3_block2"])))
     with pytest.raises(HarnessError, match=r"backbone dea_net-tiny: LoRA site pattern 'level9\*' matches no"):
-        load_recipe(write(tmp_path, _method(base, 2, sites=["level9*"])))
+        load_recipe(write(tmp_path, _method(dea_base, 2, sites=["level9*"])))
     # every backbone of the recipe: AOD-Net has 5 groups, so top_k 6 fails there only
-    two = _method(base, 3, top_k=6)
+    two = _method(dea_base, 3, top_k=6)
     two["backbones"].append({"type": "aod_net", "variant": "tiny"})
     with pytest.raises(HarnessError, match=r"methods\[2\]: backbone aod_net-tiny: .*'level3_block1' matches no"):
         load_recipe(write(tmp_path, two))  # manual_lora's DEA-Net sites do not exist on AOD-Net
     two["methods"].pop(2)
     with pytest.raises(HarnessError, match=r"backbone aod_net-tiny has 5"):
         load_recipe(write(tmp_path, two))
-    load_recipe(write(tmp_path, _method(base, 3, top_k=8)))
+    load_recipe(write(tmp_path, _method(dea_base, 3, top_k=8)))
 
 
-def test_unknown_variant_and_bad_synthetic_parameters_fail_at_validation(base, tmp_path):
-    bad = yaml.safe_load(yaml.safe_dump(base))
+def test_unknown_variant_and_bad_synthetic_parameters_fail_at_validation(dea_base, tmp_path):
+    bad = yaml.safe_load(yaml.safe_dump(dea_base))
     bad["backbones"][0]["variant"] = "huge"
     with pytest.raises(HarnessError, match=r"backbones\[0\]: unknown dea_net variant 'huge'.*full, tiny"):
         load_recipe(write(tmp_path, bad))
     for key, value, expected in (("kind", "fog", "'asm', 'ridcp'"), ("count", 0, "at least 1"), ("size", 8, "16")):
-        bad = yaml.safe_load(yaml.safe_dump(base))
+        bad = yaml.safe_load(yaml.safe_dump(dea_base))
         bad["target"][0][key] = value
         with pytest.raises(HarnessError, match=rf"target\[0\]\.{key}.*{expected}"):
             load_recipe(write(tmp_path, bad))
@@ -232,9 +241,9 @@ def test_top_level_on_corrupt_becomes_every_datasets_default(base, tmp_path):
     assert "on_corrupt" not in load_recipe(write(tmp_path, base)).benchmarks[0].params
 
 
-def test_patch_size_larger_than_every_training_image_is_refused(base, tmp_path):
+def test_patch_size_larger_than_every_training_image_is_refused(dea_base, tmp_path):
     """The quickstart's pretraining images are 96 px: a 512 px patch would upscale each one 5.3x."""
-    bad = yaml.safe_load(yaml.safe_dump(base))
+    bad = yaml.safe_load(yaml.safe_dump(dea_base))
     bad["budget"]["patch_size"] = 512
     with pytest.raises(HarnessError, match=r"pretrain\[0\] \(asm\): budget.patch_size=512 is larger than every "
                                            r"image.*at most 96"):

@@ -123,3 +123,34 @@ def test_report_command_line(tmp_path):
         bad = CliRunner().invoke(app, ["report", str(run if args else tmp_path / "nowhere"), *args])
         assert bad.exit_code != 0 and message in bad.output + str(bad.exception)
         assert isinstance(bad.exception, (SystemExit, HarnessError))
+
+
+def test_the_sample_grid_and_html_strip_end_with_the_ground_truth_when_the_benchmark_has_one(tmp_path):
+    from harness.data.io import write_image
+    from harness.report.figures import sample_grid_figure, samples
+    from harness.report.html import comparison_view
+    from tests.report_fixtures import demo_records
+
+    records = [r for r in demo_records(tmp_path, seeds=(0,), backbones=("dea_net",), pretrains=("thaze",))]
+    blue = np.zeros((24, 24, 3), np.float32)
+    blue[..., 2] = 1.0
+    write_image(tmp_path / "truth.png", blue)  # a colour no input or output of the fixture has
+    for rec in records:
+        for item in rec["artifacts"].get("samples", {}).get("RTTS", []):
+            item["reference"] = "truth.png"
+    (bench, entries), = samples(groups_of(records)).items()
+    grid = np.asarray(Image.open(sample_grid_figure(tmp_path, bench, entries, tmp_path / "g.png")).convert("RGB"),
+                      dtype=float)
+    pure_blue = (grid[..., 2] > 200) & (grid[..., 0] < 40) & (grid[..., 1] < 40)
+    columns = np.flatnonzero(pure_blue.any(axis=0))
+    assert columns.size and columns.min() > 0.8 * grid.shape[1]  # only in the last column
+    html = comparison_view(bench, entries, 0)
+    assert html.count("<figcaption>ground truth</figcaption>") == len(entries[0][1])
+    for rec in records:  # without ground truth: no such column
+        for item in rec["artifacts"].get("samples", {}).get("RTTS", []):
+            del item["reference"]
+    (bench, entries), = samples(groups_of(records)).items()
+    plain = np.asarray(Image.open(sample_grid_figure(tmp_path, bench, entries, tmp_path / "p.png")).convert("RGB"),
+                       dtype=float)
+    assert not ((plain[..., 2] > 200) & (plain[..., 0] < 40) & (plain[..., 1] < 40)).any()
+    assert "ground truth" not in comparison_view(bench, entries, 0)

@@ -100,7 +100,7 @@ def test_identity_keeps_every_sanity_metric_at_its_neutral_value(bench, tmp_path
     assert means["luma_ssim_input"] == pytest.approx(1.0, abs=1e-12)
 
 
-def test_samples_are_the_first_inputs_and_outputs_at_the_scored_size(bench, tmp_path):
+def test_samples_are_the_first_inputs_outputs_and_ground_truths_at_the_scored_size(bench, tmp_path):
     model = Blur().eval()
     run = tmp_path / "run"
     scores = score_model(model, {"b": bench}, {"entropy": build_metric("entropy")}, run / "scores" / "cell",
@@ -115,6 +115,8 @@ def test_samples_are_the_first_inputs_and_outputs_at_the_scored_size(bench, tmp_
         assert max(hazy.shape[-2:]) == 32
         np.testing.assert_allclose(read_image(run / entry["input"]), to_array(hazy), atol=0.5 / 255 + 1e-6)
         np.testing.assert_allclose(read_image(run / entry["output"]), out, atol=0.5 / 255 + 1e-6)
+        truth = to_array(shrink(to_tensor(read_image(pair.clear)), 32))
+        np.testing.assert_allclose(read_image(run / entry["reference"]), truth, atol=0.5 / 255 + 1e-6)
     assert len(list((run / "scores" / "cell" / "outputs" / "b").glob("*.png"))) == len(SIZES)
 
 
@@ -132,6 +134,7 @@ def test_large_images_are_restored_in_tiles_as_harness_dehaze_does(tmp_path, sha
     assert scores["means"]["b"]["fade"] == pytest.approx(build_metric("fade").score(tiled), abs=1e-9)
     sample = read_image(tmp_path / "scores" / scores["samples"]["b"][0]["output"])
     np.testing.assert_allclose(sample, tiled, atol=0.5 / 255 + 1e-6)
+    assert "reference" not in scores["samples"]["b"][0]  # no ground truth, no ground-truth sample
 
 
 def test_corrupt_images_are_skipped_only_when_asked(bench, tmp_path, capsys):

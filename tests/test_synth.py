@@ -56,6 +56,18 @@ def test_published_parameter_ranges():
     assert synth.RIDCP_GAMMA == (1.5, 3.0) and synth.RIDCP_BETA == (0.3, 1.5) and synth.RIDCP_QUALITY == (30, 95)
 
 
+def test_light_haze_on_a_black_image_at_full_depth_is_airlight_times_one_minus_t():
+    # J = 0, d = 1: I = A (1 - exp(-beta)); A in [0.7, 1] and beta in [0.2, 0.6] bound I by hand to
+    # [0.7 (1 - e^-0.2), 1 - e^-0.6] = [0.1269, 0.4512]; ITS's beta in [0.6, 1.8] starts at 0.7 (1 - e^-0.6) = 0.3158
+    black, depth = np.zeros((8, 8, 3), np.float32), np.ones((8, 8), np.float32)
+    light = np.array([synth.synthesize(black, "light", np.random.default_rng(i), depth=depth)[0, 0, 0]
+                      for i in range(300)])
+    assert light.min() >= 0.1269 - 1e-4 and light.max() <= 0.4512 + 1e-4
+    assert light.max() - light.min() > 0.2  # the draws span the range
+    its = np.array([synth.synthesize(black, "asm", np.random.default_rng(i), depth=depth)[0, 0, 0] for i in range(300)])
+    assert its.min() >= 0.3158 - 1e-4 and np.median(its) > np.median(light) + 0.2
+
+
 def test_ridcp_haze_stays_within_its_airlight_range_on_a_black_image():
     black = np.zeros((32, 32, 3), np.float32)
     far = np.ones((32, 32), np.float32)  # depth 1 -> disparity 0 -> t = 1: no haze at all

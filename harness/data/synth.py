@@ -4,6 +4,8 @@ Atmospheric scattering model (ASM): ``I = J t + A (1 - t)``, ``t = exp(-beta d)`
 [0, 1] (0 = nearest). Degradations (``KINDS``):
 
 - ``asm``: uniform haze, ITS ranges (A in [0.7, 1], beta in [0.6, 1.8]).
+- ``light``: uniform light haze (A in [0.7, 1], beta in [0.2, 0.6], so t >= 0.55): a source domain
+  lighter than real haze, the gap adaptation exists to close (the quickstart pretrains on it).
 - ``ridcp``: RIDCP's realistic pipeline in its published order: darkening gamma, Gaussian noise, haze
   with a per-channel colour shift and the depth map read as disparity, JPEG; each with its probability.
 - ``nonuniform``: a smooth random field modulates beta, coloured airlight, Gaussian noise, JPEG.
@@ -17,6 +19,7 @@ from __future__ import annotations
 import io
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 from PIL import Image
@@ -44,6 +47,7 @@ ITS = HazeRanges(airlight=(0.7, 1.0), beta=(0.6, 1.8))
 OTS = HazeRanges(airlight=(0.8, 0.85, 0.9, 0.95, 1.0),
                  beta=(0.04, 0.06, 0.08, 0.1, 0.12, 0.16, 0.2), discrete=True)
 HAZE4K = HazeRanges(airlight=(0.5, 1.0), beta=(0.5, 2.0))
+LIGHT = HazeRanges(airlight=(0.7, 1.0), beta=(0.2, 0.6))
 RANGES = {"its": ITS, "ots": OTS, "haze4k": HAZE4K}
 
 # RIDCP (Wu et al., CVPR 2023) realistic haze: parameters and probabilities in the published order.
@@ -196,6 +200,7 @@ KINDS: dict[str, Callable[..., np.ndarray]] = {
     "ridcp": ridcp_haze,
     "nonuniform": nonuniform_haze,
     "night": night_haze,
+    "light": partial(asm_haze, ranges=LIGHT),
 }
 
 

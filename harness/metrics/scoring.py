@@ -232,7 +232,8 @@ def score_stream(jobs: list[Job], metrics: dict[str, Metric], device: torch.devi
     With a ``model`` each image is restored first and the metrics score the restoration
     (``needs_input`` metrics compare it with the decoded image); without one, the decoded images
     themselves. ``on_corrupt="skip"`` leaves out (and names) files that cannot be decoded.
-    ``on_output`` gets the (input, output) pairs it ``wants``, on the CPU (to save PNGs, keep samples).
+    ``on_output`` gets the (input, output, ground truth or None) it ``wants``, on the CPU (to save PNGs,
+    keep samples).
     """
     if on_corrupt not in ("fail", "skip"):
         raise HarnessError(f"on_corrupt must be 'fail' or 'skip', got {on_corrupt!r}")
@@ -275,7 +276,7 @@ def score_stream(jobs: list[Job], metrics: dict[str, Metric], device: torch.devi
             out_cpu = out.cpu()
             for i, it in enumerate(items):
                 if wanted[i]:
-                    on_output(it["job"], it["image"], out_cpu[i])
+                    on_output(it["job"], it["image"], out_cpu[i], it["reference"])
                 if on_cpu:
                     ref = None if refs is None else to_array(it["reference"])
                     cpu.submit(it["job"].position, to_array(out_cpu[i]), ref, to_array(it["image"]), rows)
@@ -319,7 +320,7 @@ def score_stream(jobs: list[Job], metrics: dict[str, Metric], device: torch.devi
 
 class _Outputs:
     """``on_output`` for score_model: restored PNGs (``save_outputs``, written by each rank) and the
-    first ``samples`` pairs, kept as 8-bit arrays to travel with the gathered rows."""
+    first ``samples`` inputs, outputs and ground truths, kept as 8-bit arrays to travel with the gathered rows."""
 
     def __init__(self, folder: Path | None, samples: int):
         self.folder, self.samples = folder, samples
@@ -328,21 +329,24 @@ class _Outputs:
     def wants(self, job: Job) -> bool:
         return self.folder is not None or job.position < self.samples
 
-    def __call__(self, job: Job, image: torch.Tensor, out: torch.Tensor) -> None:
+    def __call__(self, job: Job, image: torch.Tensor, out: torch.Tensor, reference: torch.Tensor | None) -> None:
         if self.folder is not None:
             write_image(self.folder / f"{Path(job.name).stem}.png", to_array(out))
         if job.position < self.samples:
-            self.kept[job.position] = tuple(np.asarray(to_array(t) * 255.0 + 0.5, np.uint8) for t in (image, out))
+            self.kept[job.position] = tuple(None if t is None else np.asarray(to_array(t) * 255.0 + 0.5, np.uint8)
+                                            for t in (image, out, reference))
 
 
 def _samples(table: pd.DataFrame, folder: Path, root: Path, write: bool) -> list[dict[str, str]]:
-    """Entries for ``artifacts["samples"]`` of the rows that carry a ``sample`` pair; ``write``: the PNGs too."""
+    """Entries for ``artifacts["samples"]`` of the rows that carry a ``sample``; ``write``: the PNGs too."""
     entries = []
     for position, name, pair in zip(table["position"], table["image"], table["sample"]):
         if pair is None:
             continue
         entry = {"name": name}
-        for key, pixels in zip(("input", "output"), pair):
+        for key, pixels in zip(("input", "output", "reference"), pair):
+            if pixels is None:  # no ground truth
+                continue
             path = folder / f"{position}_{Path(name).stem}_{key}.png"  # the position keeps a.jpg, a.png apart
             if write:
                 write_image(path, pixels.astype(np.float32) / 255.0)
@@ -379,8 +383,9 @@ def score_model(
 
     - ``means``: ``{benchmark: {metric: mean over images, or None}}``; a metric that needs ground
       truth is None on a benchmark without it;
-    - ``samples``: ``{benchmark: [{"name", "input", "output"}, ...]}``: the first ``samples`` images'
-      PNGs under ``scores_dir/samples/<benchmark>/`` (input and output at the restored size),
+    - ``samples``: ``{benchmark: [{"name", "input", "output", "reference"}, ...]}``: the first ``samples``
+      images' PNGs under ``scores_dir/samples/<benchmark>/`` (at the restored size; ``reference``, the
+      ground truth, only on paired benchmarks),
       paths relative to ``relative_to`` (default ``scores_dir``; the runner passes the run folder);
     - ``directions``: ``{metric: lower_better}`` for every metric built, sanity ones included.
 

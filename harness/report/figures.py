@@ -294,7 +294,8 @@ def samples(groups: list[Group]) -> dict[str, list[tuple[Group, list[dict[str, s
 
 def sample_grid_figure(run_dir: Path, bench: str, entries: list[tuple[Group, list[dict[str, str]]]],
                        out: Path) -> Path | None:
-    """Rows: the first images of ``bench``; columns: the hazy input, then each method's output."""
+    """Rows: the first images of ``bench``; columns: the hazy input, each method's output, then the
+    ground truth where the benchmark has one."""
     from PIL import Image
 
     entries = [(g, items) for g, items in entries if g.kind != "graft"][:SAMPLE_METHODS]
@@ -302,7 +303,8 @@ def sample_grid_figure(run_dir: Path, bench: str, entries: list[tuple[Group, lis
         return None
     names_of = titles([g for g, _ in entries])
     names = [s["name"] for s in entries[0][1]][:SAMPLE_ROWS]
-    cols = 1 + len(entries)
+    truth = all("reference" in s for s in entries[0][1][:SAMPLE_ROWS])
+    cols = 1 + len(entries) + truth
     fig, axes = plt.subplots(len(names), cols, figsize=(1.9 * cols, 1.9 * len(names) + 0.4), squeeze=False)
     for r, name in enumerate(names):
         first = next(s for s in entries[0][1] if s["name"] == name)
@@ -311,6 +313,8 @@ def sample_grid_figure(run_dir: Path, bench: str, entries: list[tuple[Group, lis
             item = next((s for s in items if s["name"] == name), None)
             panels.append((names_of[g.id].replace(" (", "\n(", 1), item["output"] if item else None,
                            bool(collapse_reasons(g))))
+        if truth:
+            panels.append(("ground truth", first["reference"], False))
         for c, (title, rel, collapsed) in enumerate(panels):
             ax = axes[r][c]
             ax.set_xticks([])

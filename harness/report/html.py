@@ -60,7 +60,7 @@ window.addEventListener('load',()=>document.querySelectorAll('.compare').forEach
 
 
 def comparison_view(bench: str, entries: list[tuple[Group, list[dict[str, str]]]], index: int) -> str:
-    """Side-by-side strips (input, each method) and a wipe slider per sample image of ``bench``."""
+    """Side-by-side strips (input, each method, ground truth if any) and a wipe slider per sample image of ``bench``."""
     entries = [(g, items) for g, items in entries if g.kind != "graft"]
     if not entries:
         return ""
@@ -80,6 +80,9 @@ def comparison_view(bench: str, entries: list[tuple[Group, list[dict[str, str]]]
             cls = ' class="flagged"' if flagged else ""
             strip.append(f'<figure><img src="{esc(path)}" alt="{esc(names[g.id])} {esc(name)}" loading="lazy">'
                          f"<figcaption{cls}>{'⚠ ' if flagged else ''}{esc(names[g.id])}</figcaption></figure>")
+        if first.get("reference"):
+            strip.append(f'<figure><img src="{esc(first["reference"])}" alt="ground truth {esc(name)}" loading="lazy">'
+                         f"<figcaption>ground truth</figcaption></figure>")
         out.append(f"<p><b>{esc(name)}</b></p><div class=\"strip\">{''.join(strip)}</div>")
         if outputs:
             box = f"cmp{index}-{k}"
