@@ -33,14 +33,19 @@ from pathlib import Path
 
 import open_clip
 import torch
-from safetensors.torch import load_file, save_file
 
 from harness.engine.strategy import Strategy, current_strategy
 from harness.guide.model import TINY_MODEL, Guide, create_model
 from harness.guide.model import image_size as input_size
 from harness.guide.pairs import BETA, CAPTION_CLASSES, make_pairs
 from harness.guide.training import train_guide
-from harness.store import atomic_write_json, file_lock, file_sha256
+from harness.store import (
+    file_lock,
+    file_sha256,
+    load_weights,
+    save_weights,
+    weights_ready,
+)
 from harness.ui.progress import active_progress
 
 VERSION = 2  # bump when the data recipe changes, to invalidate caches
@@ -90,12 +95,10 @@ def load_embedded(steps: int = 600, seed: int = 0, cache: Path | None = None, pr
     model_name = training.get("model_name", TINY_MODEL)
     key = config_key(steps, seed, **training)
     path = cache_dir(cache) / f"{key}.safetensors"
-    meta_path = path.with_suffix(".json")
     with file_lock(path.with_name(f".{key}.lock")):  # torchrun ranks: one trains, the others wait and load
-        if path.is_file() and meta_path.is_file():
+        if weights_ready(path):
             model = create_model(model_name, force_image_size=training.get("image_size", 64))
-            model.load_state_dict(load_file(str(path)))
-            summary = json.loads(meta_path.read_text())
+            summary = load_weights(path, model)
         else:
             state = path.with_name(f".{key}.state.pt")
             run = active_progress()
@@ -107,10 +110,7 @@ def load_embedded(steps: int = 600, seed: int = 0, cache: Path | None = None, pr
                 with _progress_bar(progress) as bar:
                     model, summary = train_embedded(steps, seed, state, progress=bar, **training)
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.tmp")
-            save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
-            os.replace(tmp, path)
-            atomic_write_json(meta_path, summary)
+            save_weights(path, model, summary)
             state.unlink(missing_ok=True)  # our own resumable state, no longer needed
     pre = open_clip.get_model_preprocess_cfg(model)
     info = {"type": "embedded", "model": model_name, "config_hash": key, "pretrained": str(path),

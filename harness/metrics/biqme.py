@@ -26,11 +26,13 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 from scipy import ndimage
 
 from harness.errors import HarnessError
 from harness.metrics.base import MetricSpec
 from harness.metrics.iqa import histogram_entropy as _counts_entropy
+from harness.metrics.sanity import colourfulness
 from harness.registry import METRICS
 
 N_FEATURES = 17
@@ -90,7 +92,7 @@ def features(image: np.ndarray) -> np.ndarray:
         ll, lh, hl, hh = _haar(ll)
         out.append(0.2 * (_log_energy(lh) + _log_energy(hl)) / 2 + 0.8 * _log_energy(hh))
     out += [histogram_entropy(gray + s) for s in _SHIFTS]
-    out.append(float(np.sqrt(rg.std() ** 2 + yb.std() ** 2) + 0.3 * np.sqrt(rg.mean() ** 2 + yb.mean() ** 2)))
+    out.append(float(colourfulness(torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)) / 255.0)[None])[0]))
     mx, mn = rgb.max(axis=2), rgb.min(axis=2)
     out.append(float(np.mean(np.where(mx > 0, (mx - mn) / np.maximum(mx, 1e-12), 0.0))))
     out.append(float(ndimage.minimum_filter(mn / 255.0, size=15, mode="nearest").mean()))
