@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+from contextlib import ExitStack
 from pathlib import Path
 
 import open_clip
@@ -46,7 +48,7 @@ from harness.store import (
     save_weights,
     weights_ready,
 )
-from harness.ui.progress import active_progress
+from harness.ui.progress import RunProgress, active_progress
 
 VERSION = 2  # bump when the data recipe changes, to invalidate caches
 
@@ -101,14 +103,12 @@ def load_embedded(steps: int = 600, seed: int = 0, cache: Path | None = None, pr
             summary = load_weights(path, model)
         else:
             state = path.with_name(f".{key}.state.pt")
-            run = active_progress()
-            if run is not None:  # inside `harness run`: a task of the run's progress (lines in a batch log)
-                update, finish = run.task("embedded guide training")
+            with ExitStack() as stack:
+                # inside `harness run` a task of the run's progress; alone, our own (bars on a terminal, lines otherwise)
+                run = active_progress() or (stack.enter_context(RunProgress(stream=sys.stderr)) if progress else None)
+                update, finish = run.task("embedded guide training") if run else (None, lambda: None)
                 model, summary = train_embedded(steps, seed, state, progress=update, **training)
                 finish()
-            else:
-                with _progress_bar(progress) as bar:
-                    model, summary = train_embedded(steps, seed, state, progress=bar, **training)
             path.parent.mkdir(parents=True, exist_ok=True)
             save_weights(path, model, summary)
             state.unlink(missing_ok=True)  # our own resumable state, no longer needed
@@ -118,26 +118,3 @@ def load_embedded(steps: int = 600, seed: int = 0, cache: Path | None = None, pr
             "training": {k: v for k, v in summary.items() if k != "curve"}}
     return Guide(model, open_clip.get_tokenizer(model_name), input_size(model),
                  tuple(pre["mean"]), tuple(pre["std"]), info, views=views, view_scale=view_scale)
-
-
-class _progress_bar:
-    """A rich progress bar driven by the loop's ``progress(done, total, info)`` callback."""
-
-    def __init__(self, enabled: bool):
-        from rich.progress import Progress
-
-        self.bar = Progress(disable=not enabled, transient=True)
-        self.task = None
-
-    def __enter__(self):
-        self.bar.__enter__()
-        return self
-
-    def __call__(self, done: int, total: int, info: dict[str, float]) -> None:
-        if self.task is None:
-            self.task = self.bar.add_task("training the embedded guide", total=total)
-        self.bar.update(self.task, completed=done,
-                        description=f"training the embedded guide loss={info.get('loss', float('nan')):.3f}")
-
-    def __exit__(self, *exc):
-        self.bar.__exit__(*exc)
