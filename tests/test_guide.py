@@ -267,6 +267,9 @@ def test_weights_id_names_the_weights_a_built_guide_has(tmp_path, guide, monkeyp
     assert built.info["config_hash"] == weights_id("embedded", steps=3, cache_dir=tmp_path)
     assert weights_id("embedded", steps=3, views=4) == weights_id("embedded", steps=3)  # views: the loss, not the weights
     assert weights_id("embedded", steps=4) != weights_id("embedded", steps=3)
+    # the ranking term is off by default and leaves the default's hash (and every cached guide) as it was
+    assert weights_id("embedded", steps=3, rank_weight=0.0) == weights_id("embedded", steps=3)
+    assert weights_id("embedded", steps=3, rank_weight=1.0) != weights_id("embedded", steps=3)
     monkeypatch.setattr(embedded_module, "VERSION", embedded_module.VERSION + 1)  # a changed data recipe
     assert weights_id("embedded", steps=3) != built.info["config_hash"]
     path = tmp_path / "tiny.pt"
@@ -274,3 +277,29 @@ def test_weights_id_names_the_weights_a_built_guide_has(tmp_path, guide, monkeyp
     loaded = build_guide("open_clip", model=TINY_MODEL, pretrained=str(path))
     assert weights_id("open_clip", model=TINY_MODEL, pretrained=str(path)) == loaded.info["sha256"]
     assert weights_id("open_clip", model=TINY_MODEL, pretrained=None) is None
+
+
+def test_imperfect_versions_of_a_constant_grey_crop_by_hand():
+    """On a constant grey crop every contrast, saturation and blur change is the identity, so each
+    imperfect version must be the crop itself, the crop darkened by a gamma in [1.4, 2.2], a
+    checkerboard of amplitude 0.03-0.08 around it, or per-channel gains whose mean is 1."""
+    from harness.guide.training import _imperfect
+
+    grey = torch.full((400, 3, 8, 8), 0.5)
+    out = _imperfect(grey, torch.Generator().manual_seed(0))
+    kinds = set()
+    for o in out:
+        if torch.allclose(o, grey[0], atol=1e-6):
+            kinds.add("identity")
+        elif torch.allclose(o, o.flatten()[0].expand_as(o), atol=1e-6) and 0.5 ** 2.2 - 1e-6 <= o[0, 0, 0] <= 0.5 ** 1.4 + 1e-6:
+            kinds.add("gamma")
+        elif torch.allclose(o[:, 0, 0], o[:, 1, 1]) and torch.allclose(o[:, 0, 1] - 0.5, 0.5 - o[:, 0, 0], atol=1e-6):
+            amplitude = float((o[0, 0, 1] - 0.5).abs())
+            assert 0.03 - 1e-6 <= amplitude <= 0.08 + 1e-6
+            kinds.add("checkerboard")
+        else:
+            gains = o[:, 0, 0] / 0.5
+            assert torch.allclose(o, o[:, :1, :1].expand_as(o), atol=1e-6)  # a uniform cast, no pattern
+            assert float(gains.mean()) == pytest.approx(1.0, abs=1e-5) and float(gains.std()) > 0
+            kinds.add("cast")
+    assert kinds == {"identity", "gamma", "checkerboard", "cast"}

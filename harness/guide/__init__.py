@@ -18,26 +18,27 @@ if TYPE_CHECKING:
 
 
 def _embedded_training(tower: str = "vit", pool: int = 2048, noise: float = 0.02, direction_weight: float = 1.0,
-                       adversarial: float = 0.25, image_size: int = 32, align_weight: float = 2.0) -> dict:
+                       adversarial: float = 0.25, image_size: int = 32, align_weight: float = 2.0,
+                       rank_weight: float = 0.0) -> dict:
     """The embedded guide's recipe options as its training settings."""
     from harness.guide.model import TINY_CONV_MODEL, TINY_MODEL
 
     return dict(model_name=TINY_MODEL if tower == "vit" else TINY_CONV_MODEL, pool=pool, noise=noise,
                 direction_weight=direction_weight, adversarial=adversarial, image_size=image_size,
-                align_weight=align_weight)
+                align_weight=align_weight, **({"rank_weight": rank_weight} if rank_weight else {}))
 
 
 @GUIDES.register("embedded")
 def embedded(steps: int = 400, seed: int = 0, cache_dir: Path | None = None, views: int = 1,
              view_scale: float = 0.5, tower: Literal["vit", "conv"] = "vit", pool: int = 2048,
              noise: float = 0.02, direction_weight: float = 1.0, adversarial: float = 0.25, image_size: int = 32,
-             align_weight: float = 2.0):
+             align_weight: float = 2.0, rank_weight: float = 0.0):
     """The harness's own degradation-aware tiny CLIP (trained once, then cached): a ``Guide``."""
     from harness.guide.embedded import load_embedded
 
     return load_embedded(steps=steps, seed=seed, cache=cache_dir, views=views, view_scale=view_scale,
                          **_embedded_training(tower, pool, noise, direction_weight, adversarial, image_size,
-                                              align_weight))
+                                              align_weight, rank_weight))
 
 
 def _weights_resolve(params: dict, context: CheckContext) -> None:

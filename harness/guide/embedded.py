@@ -19,7 +19,11 @@ What makes its gradient lead towards clear images rather than fool the loss (mea
 - gradient alignment (``align_weight``): the pixel gradient of the clear score is trained, by
   double backprop, to point from a degraded crop towards its clean crop;
 - optionally, the H2C loss looks at each image through several random views (``views``, see
-  ``h2c.py``); measured, it does not help this guide.
+  ``h2c.py``); measured, it does not help this guide;
+- optionally (``rank_weight``), the H2C loss itself is trained to rank by closeness to the clean
+  crop (points on the line from hazy to clean, and the clean crop against versions of it missed the
+  way a dehazer misses it): the cosine ignores how far an output moved, and this makes adaptation
+  keep removing haze when the target set grows (docs/guide.md); off by default.
 
 Training runs on the engine (:class:`harness.engine.loop.TrainLoop`): seeded, resumable, a few
 minutes on two CPU cores, then cached as safetensors keyed by a hash of its configuration.
@@ -62,7 +66,7 @@ def train_embedded(steps: int, seed: int, state_path: Path, batch_size: int = 64
                    lr: float = 5e-4, noise: float = 0.02, model_name: str = TINY_MODEL, progress=None,
                    strategy: Strategy | None = None, direction_weight: float = 1.0,
                    adversarial: float = 0.0, image_size: int = 64,
-                   align_weight: float = 0.0) -> tuple[torch.nn.Module, dict]:
+                   align_weight: float = 0.0, rank_weight: float = 0.0) -> tuple[torch.nn.Module, dict]:
     """Train the tiny CLIP from scratch on captioned degraded crops; returns (model, training summary).
 
     One process trains it (the others of a torchrun wait on the cache's lock), so by default on this
@@ -74,7 +78,8 @@ def train_embedded(steps: int, seed: int, state_path: Path, batch_size: int = 64
     result = train_guide(model, open_clip.get_tokenizer(model_name), data, steps=steps, lr=lr,
                          batch_size=batch_size, noise=noise, seed=seed, state_path=state_path,
                          stage="embedded guide", progress=progress, strategy=strategy,
-                         direction_weight=direction_weight, adversarial=adversarial, align_weight=align_weight)
+                         direction_weight=direction_weight, adversarial=adversarial, align_weight=align_weight,
+                         rank_weight=rank_weight)
     final = result.curve[-1]["loss"] if result.curve else float("nan")
     return model, {"steps": steps, "seed": seed, "final_loss": final, "seconds": result.seconds,
                    "curve": result.curve}

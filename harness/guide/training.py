@@ -35,14 +35,18 @@ class GuideStepper:
     def __init__(self, model: torch.nn.Module, tokenizer: Callable, data: Captioned, *,
                  steps: int, lr: float, batch_size: int, noise: float, strategy: Strategy,
                  weight_decay: float = 0.05, direction_weight: float = 1.0, adversarial: float = 0.0,
-                 align_weight: float = 0.0):
+                 align_weight: float = 0.0, rank_weight: float = 0.0):
         self.data = data
         self.batch_size, self.noise, self.strategy = batch_size, noise, strategy
         self.direction_weight, self.adversarial, self.align_weight = direction_weight, adversarial, align_weight
+        self.rank_weight = rank_weight
         names = [c for c, _ in CAPTION_CLASSES]
         self.clearness = torch.tensor([CLEARNESS.get(c, 0.0) for c in names], device=strategy.device)
         self.clear_index = names.index("clear")
         self.haze_index = torch.tensor([names.index(c) for c in HAZE_CLASSES], device=strategy.device)
+        # the prompt H2C contrasts with "clear" for each class: "night" for night haze, "haze" for every other
+        self.prompt_of = torch.tensor([names.index("night") if c == "night" else names.index("haze") for c in names],
+                                      device=strategy.device)
         # the haze direction each class's alignment uses: its own, or the default "haze" for casts/artifacts
         own = {c: names.index(c) for c in HAZE_CLASSES}
         self.negative_of = torch.tensor([own.get(c, names.index("haze")) for c in names], device=strategy.device)
@@ -82,6 +86,8 @@ class GuideStepper:
                                                                        x[:half] + self.adversarial)
             x = torch.cat([adv.clamp(0, 1).detach(), x[half:]])
         loss = self._loss(self.trained.module, x, y, text)
+        if self.rank_weight > 0:
+            loss = loss + self.rank_weight * self._ranking(x, y, clean, text, rng)
         self.trained.backward(loss)
         info = {"loss": loss.item()}
         if self.align_weight > 0:
@@ -119,6 +125,37 @@ class GuideStepper:
         way = (clean[degraded] - xd.detach()).flatten(1)
         return 1.0 - F.cosine_similarity(grad.flatten(1), way, dim=1).mean()
 
+    def _ranking(self, x: torch.Tensor, y: torch.Tensor, clean: torch.Tensor, text: torch.Tensor,
+                 rng: torch.Generator) -> torch.Tensor:
+        """Rank by the H2C loss itself, with a hazy crop as its input: closer to the clean crop scores lower.
+
+        Two points on the line through the hazy and the clean crop (``c + a (h - c)``, ``a`` from
+        -0.6, overdone, to 1, the input): the one with the smaller ``|a|`` must score lower, by a
+        margin growing with the gap; and the clean crop must beat a version of itself missed the way
+        a dehazer misses it (see :func:`_imperfect`). The cosine of H2C ignores how far an output
+        moved, so without this a small, "pure" move scores as well as removing all the haze."""
+        hazy = torch.isin(y, self.haze_index) & (self.clearness[y] < 1)
+        if not hazy.any():
+            return torch.zeros((), device=x.device)
+        h, c = x[hazy], clean[hazy]
+        n, device = len(h), x.device
+        a = (torch.rand(2, n, 1, 1, 1, generator=rng) * 1.6 - 0.6).to(device)
+        first_nearer = a[0].abs() <= a[1].abs()
+        near, far = torch.where(first_nearer, a[0], a[1]), torch.where(first_nearer, a[1], a[0])
+        batch = torch.cat([h, (c + near * (h - c)).clamp(0, 1), (c + far * (h - c)).clamp(0, 1), c, _imperfect(c, rng)])
+        model = self.trained.model  # the guide trains on one device (see embedded.train_embedded)
+        e_in, e_near, e_far, e_clean, e_imperfect = model.encode_image((batch - self.mean) / self.std,
+                                                                       normalize=True).split(n)
+        text_emb = model.encode_text(text, normalize=True)
+        direction = F.normalize(text_emb[self.clear_index][None] - text_emb[self.prompt_of[y[hazy]]], dim=-1)
+
+        def h2c(e: torch.Tensor) -> torch.Tensor:
+            return 1 - F.cosine_similarity(e - e_in, direction, dim=-1)
+
+        line = F.relu(h2c(e_near) - h2c(e_far) + 0.2 * (far.abs() - near.abs()).flatten())
+        truth = F.relu(h2c(e_clean) - h2c(e_imperfect) + 0.1)
+        return line.mean() + truth.mean()
+
     def _loss(self, module, x: torch.Tensor, y: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         image_emb, text_emb, scale = module(image=(x - self.mean) / self.std, text=text)
         loss = F.cross_entropy(scale * image_emb @ text_emb.T, y)
@@ -130,16 +167,41 @@ class GuideStepper:
         return loss
 
 
+def _imperfect(clean: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
+    """Each clean crop missed in one random way a dehazer misses it: flat or overstretched contrast,
+    desaturated or oversaturated, too dark, blurred, a checkerboard (transposed convolutions), a cast."""
+    n, device = len(clean), clean.device
+    pick = torch.randint(8, (n,), generator=rng).to(device)
+    u = torch.rand(n, 1, 1, 1, generator=rng).to(device)
+    gain = (0.75 + 0.5 * torch.rand(n, 3, 1, 1, generator=rng)).to(device)
+    mean = clean.mean((1, 2, 3), keepdim=True)
+    luma = (clean * torch.tensor([0.299, 0.587, 0.114], device=device).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    yy, xx = torch.meshgrid(torch.arange(clean.shape[-2]), torch.arange(clean.shape[-1]), indexing="ij")
+    checker = ((yy + xx) % 2 * 2 - 1).to(clean)
+    options = torch.stack([
+        mean + (0.45 + 0.3 * u) * (clean - mean),
+        mean + (1.4 + 0.5 * u) * (clean - mean),
+        luma + 0.5 * u * (clean - luma),
+        luma + (1.4 + 0.6 * u) * (clean - luma),
+        clean ** (1.4 + 0.8 * u),
+        F.avg_pool2d(F.pad(clean, (1, 1, 1, 1), mode="replicate"), 3, stride=1),
+        clean + (0.03 + 0.05 * u) * checker,
+        clean * gain / gain.mean(1, keepdim=True),
+    ])
+    return options[pick, torch.arange(n)].clamp(0, 1)
+
+
 def train_guide(model: torch.nn.Module, tokenizer: Callable, data: Captioned, *,
                 steps: int, lr: float, batch_size: int, noise: float, seed: int, state_path: Path,
                 stage: str = "guide training", progress=None, strategy: Strategy | None = None,
-                direction_weight: float = 1.0, adversarial: float = 0.0, align_weight: float = 0.0) -> LoopResult:
+                direction_weight: float = 1.0, adversarial: float = 0.0, align_weight: float = 0.0,
+                rank_weight: float = 0.0) -> LoopResult:
     """Train ``model`` in place (resumable from ``state_path``); returns the loop's result."""
     strategy = strategy or current_strategy()
     model.train()
     stepper = GuideStepper(model, tokenizer, data, steps=steps, lr=lr, batch_size=batch_size,
                            noise=noise, strategy=strategy, direction_weight=direction_weight,
-                           adversarial=adversarial, align_weight=align_weight)
+                           adversarial=adversarial, align_weight=align_weight, rank_weight=rank_weight)
     result = TrainLoop(stage, steps, state_path, seed=seed, checkpoint_every=100, progress=progress,
                        strategy=strategy, nan_fix=f"lower the learning rate of the {stage}").run(stepper)
     model.eval()
