@@ -51,13 +51,16 @@ def ensure_process_group(backend: str | None = None) -> tuple[int, int]:
                 "launch with `torchrun --nproc_per_node N -m harness.cli ...`, which sets MASTER_ADDR/MASTER_PORT"
                 + (", with at most one process per GPU" if backend == "nccl" else ""),
             ) from None
-        atexit.register(_leave_process_group)
+        atexit.register(leave_process_group)
     return dist.get_rank(), dist.get_world_size()
 
 
-def _leave_process_group() -> None:
-    """At exit: wait for every rank, then destroy the group. A rank that tore its group down while
-    another still talked to it made that one abort (SIGABRT) at exit, 1 run in 4 under load."""
+def leave_process_group() -> None:
+    """Wait for every rank, then destroy the group (a no-op without one); also registered at exit.
+
+    A rank that tore its group down while another still talked to it made that one abort (SIGABRT)
+    at exit, 1 run in 4 under load; a command whose ranks part ways (rank 0 goes on to write) calls
+    this where they part, as PyTorch's shutdown notes advise, so no rank idles in gloo meanwhile."""
     import torch.distributed as dist
 
     if not dist.is_initialized():

@@ -20,7 +20,7 @@ from rich.table import Table
 
 from harness.data.io import list_images
 from harness.errors import HarnessError
-from harness.launch.distributed import compute_and_gather, ensure_process_group, rank_world
+from harness.launch.distributed import compute_and_gather, ensure_process_group, leave_process_group, rank_world
 from harness.metrics.base import Metric, build_metric
 
 
@@ -142,6 +142,7 @@ def eval_command(
         ensure_process_group("gloo")  # the gather moves frames between processes, whatever the device
         table = compute_and_gather(lambda: score_images(jobs, built, progress=rank == 0, shard=(rank, world),
                                                         **options))
+        leave_process_group()  # every rank has the table: the group's work is done
         if rank != 0:
             return
     if target is not None:
