@@ -131,7 +131,7 @@ def test_the_sample_grid_and_html_strip_end_with_the_ground_truth_when_the_bench
     from harness.report.html import comparison_view
     from tests.report_fixtures import demo_records
 
-    records = [r for r in demo_records(tmp_path, seeds=(0,), backbones=("dea_net",), pretrains=("thaze",))]
+    records = demo_records(tmp_path, seeds=(0,), backbones=("dea_net",), pretrains=("thaze",))
     blue = np.zeros((24, 24, 3), np.float32)
     blue[..., 2] = 1.0
     write_image(tmp_path / "truth.png", blue)  # a colour no input or output of the fixture has

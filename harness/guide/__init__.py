@@ -20,7 +20,10 @@ if TYPE_CHECKING:
 def _embedded_training(tower: str = "vit", pool: int = 2048, noise: float = 0.02, direction_weight: float = 1.0,
                        adversarial: float = 0.25, image_size: int = 32, align_weight: float = 2.0,
                        rank_weight: float = 0.0) -> dict:
-    """The embedded guide's recipe options as its training settings."""
+    """The embedded guide's recipe options as its training settings (what its cache hash covers).
+
+    ``rank_weight`` came later: it enters the settings only when set, so the default guide keeps the
+    hash it was cached and recorded under."""
     from harness.guide.model import TINY_CONV_MODEL, TINY_MODEL
 
     return dict(model_name=TINY_MODEL if tower == "vit" else TINY_CONV_MODEL, pool=pool, noise=noise,

@@ -134,7 +134,7 @@ class GuideStepper:
         margin growing with the gap; and the clean crop must beat a version of itself missed the way
         a dehazer misses it (see :func:`_imperfect`). The cosine of H2C ignores how far an output
         moved, so without this a small, "pure" move scores as well as removing all the haze."""
-        hazy = torch.isin(y, self.haze_index) & (self.clearness[y] < 1)
+        hazy = torch.isin(y, self.haze_index)
         if not hazy.any():
             return torch.zeros((), device=x.device)
         h, c = x[hazy], clean[hazy]

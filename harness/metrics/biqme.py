@@ -78,7 +78,8 @@ def _log_energy(band: np.ndarray) -> float:
 
 def features(image: np.ndarray) -> np.ndarray:
     """The 17 BIQME features of an HxWx3 float image in [0, 1] (order: ``FEATURE_NAMES``)."""
-    rgb = np.asarray(image, np.float64) * 255.0
+    image = np.asarray(image, np.float64)
+    rgb = image * 255.0
     r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
     gray = 0.299 * r + 0.587 * g + 0.114 * b
     yb, rg = 0.5 * (r + g) - b, r - g
@@ -92,7 +93,7 @@ def features(image: np.ndarray) -> np.ndarray:
         ll, lh, hl, hh = _haar(ll)
         out.append(0.2 * (_log_energy(lh) + _log_energy(hl)) / 2 + 0.8 * _log_energy(hh))
     out += [histogram_entropy(gray + s) for s in _SHIFTS]
-    out.append(float(colourfulness(torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)) / 255.0)[None])[0]))
+    out.append(float(colourfulness(torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None])[0]))
     mx, mn = rgb.max(axis=2), rgb.min(axis=2)
     out.append(float(np.mean(np.where(mx > 0, (mx - mn) / np.maximum(mx, 1e-12), 0.0))))
     out.append(float(ndimage.minimum_filter(mn / 255.0, size=15, mode="nearest").mean()))
