@@ -63,7 +63,12 @@ def gradient_alignment(loss_fn, hazy: torch.Tensor, clear: torch.Tensor) -> floa
 
 
 def descend(loss_fn, hazy: torch.Tensor, steps: int, lr: float) -> tuple[torch.Tensor, list[float]]:
-    """``steps`` Adam steps of ``loss_fn(x, hazy)`` on the pixels ``x`` (from ``hazy``, kept in [0, 1])."""
+    """``steps`` Adam steps of ``loss_fn(x, hazy)`` on the pixels ``x`` (from ``hazy``, kept in [0, 1]).
+
+    Each step's gradient is scaled to unit norm per image first. H2C's cosine is singular at the
+    input (``x == hazy``): its first gradient is about 1e7 times the later ones, and unscaled it would
+    fill Adam's moment estimates so that every later step replays the first one's signs (measured:
+    50 steps then end where about 5 sign steps along the first gradient do, whatever the loss)."""
     x = hazy.clone().requires_grad_(True)
     opt = torch.optim.Adam([x], lr=lr)
     curve = []
@@ -71,6 +76,8 @@ def descend(loss_fn, hazy: torch.Tensor, steps: int, lr: float) -> tuple[torch.T
         loss = loss_fn(x, hazy)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        with torch.no_grad():
+            x.grad /= x.grad.flatten(1).norm(dim=1).clamp_min(1e-20).view(-1, *[1] * (x.dim() - 1))
         opt.step()
         with torch.no_grad():
             x.clamp_(0, 1)
@@ -168,6 +175,6 @@ def probe_recipe(recipe, benchmark: str | None = None, steps: int = 50, lr: floa
         raise HarnessError(f"benchmark {entries[0].name!r} has no ground truth, and probing needs pairs",
                            "pass --benchmark a paired set (e.g. a synthetic one), or add one to the recipe")
     g = recipe.guide
-    loss = H2CLoss(build_guide(g.type, **g.params), positive=g.positive, negative=g.negative, mode=g.mode)
+    loss = H2CLoss(build_guide(g.type, **g.params), **g.h2c())
     hazy, clear = benchmark_batch(dataset, images, size)
     return probe(loss, hazy, clear, benchmark=entry.name, steps=steps, lr=lr, seed=seed)
