@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import pydantic
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from harness.errors import HarnessError
 from harness.registry import fix_for
@@ -61,6 +61,7 @@ class H2COverride(Strict):
     mode: Literal["both", "positive", "negative"] | None = None
     positive: str | None = None
     negative: str | None = None
+    distance_weight: float | None = Field(None, ge=0, allow_inf_nan=False)
 
 
 class PretrainEntry(Entry):
@@ -117,6 +118,12 @@ class StageBudget(Strict):
     patch_size: int | None = Field(None, ge=8)
 
 
+class AdaptBudget(StageBudget):
+    # shrink target images to this longer side before drawing patches, so that a patch covers as much of
+    # a scene as the guide judges a photo by (a 64 px patch of a 1,500 px photo is a patch of texture)
+    max_side: int | None = Field(None, ge=16)
+
+
 class PretrainBudget(StageBudget):
     steps: int | None = Field(None, ge=0)
     lr: float | None = Field(None, gt=0)
@@ -135,7 +142,16 @@ class Budget(Strict):
     patch_size: int = Field(128, ge=8)
     checkpoint_every: int = Field(100, ge=1)
     pretrain: PretrainBudget = Field(default_factory=PretrainBudget)
-    adapt: StageBudget = Field(default_factory=StageBudget)
+    adapt: AdaptBudget = Field(default_factory=AdaptBudget)
+
+    @model_validator(mode="after")
+    def _patches_fit_the_shrunk_target(self) -> Budget:
+        side, patch = self.adapt.max_side, self.adaptation()["patch_size"]
+        if side is not None and side < patch:
+            raise ValueError(str(HarnessError(f"budget.adapt.max_side={side} is smaller than the adaptation patch "
+                                              f"size {patch}: every patch would be upscaled",
+                                              "raise budget.adapt.max_side or lower budget.adapt.patch_size")))
+        return self
 
     def pretraining(self) -> dict[str, Any]:
         p = self.pretrain
@@ -145,7 +161,8 @@ class Budget(Strict):
 
     def adaptation(self) -> dict[str, Any]:
         a = self.adapt
-        return {"batch_size": a.batch_size or self.batch_size, "patch_size": a.patch_size or self.patch_size}
+        return {"batch_size": a.batch_size or self.batch_size, "patch_size": a.patch_size or self.patch_size,
+                **({"max_side": a.max_side} if a.max_side else {})}  # only when set: older keys stay valid
 
 
 class GuideConfig(Entry):
@@ -153,10 +170,17 @@ class GuideConfig(Entry):
     positive: str = "a clear photo"
     negative: str = "a photo with haze"
     mode: Literal["both", "positive", "negative"] = "both"
+    # weight of H2C's distance term (see harness.guide.h2c); 0 is the paper's loss
+    distance_weight: float = Field(0.0, ge=0, allow_inf_nan=False)
+
+    def h2c(self) -> dict[str, Any]:
+        """The H2C loss's settings (``H2CLoss`` keywords); the distance weight only when set, so that
+        results adapted before it existed keep their keys."""
+        return {"positive": self.positive, "negative": self.negative, "mode": self.mode,
+                **({"distance_weight": self.distance_weight} if self.distance_weight else {})}
 
     def spec(self) -> dict[str, Any]:
-        return {"type": self.type, "positive": self.positive, "negative": self.negative,
-                "mode": self.mode, **self.params}
+        return {"type": self.type, **self.h2c(), **self.params}
 
 
 class EvalConfig(Strict):
@@ -229,6 +253,17 @@ class Recipe(Strict):
             raise ValueError(str(HarnessError(f"{name!r} is not a plain name (it names the folder results/<name>)",
                                               "use letters, digits, '.', '_' and '-'; set out: to choose the folder")))
         return name
+
+    @model_validator(mode="after")
+    def _distance_only_with_the_paper_mode(self) -> Recipe:
+        for i, method in enumerate(self.methods):
+            h2c = {**self.guide.h2c(), **(method.h2c.model_dump(exclude_none=True) if method.h2c else {})}
+            if h2c.get("distance_weight") and h2c["mode"] != "both":
+                raise ValueError(str(HarnessError(
+                    f"methods[{i}] ({method.name}) uses the H2C mode {h2c['mode']!r} with the distance weight "
+                    f"{h2c['distance_weight']:g}, which only the mode 'both' has",
+                    f"give methods[{i}] h2c: {{distance_weight: 0}}")))
+        return self
 
     def run_dir(self) -> Path:
         return self.out if self.out is not None else Path("results") / self.name
@@ -380,6 +415,8 @@ def parse_recipe(path: str | Path, overrides: list[str] | None = None) -> tuple[
         if first["type"] == "missing":
             raise HarnessError(f"{where}: missing key {dotted!r}", "add it (see recipes/quickstart.yaml)") from None
         if first["type"] == "value_error":
+            if not loc:  # a check across the recipe's sections: its message names the entry
+                raise HarnessError(f"{path}: {first['ctx']['error']}") from None
             raise HarnessError(f"{where}: bad value for {dotted!r}: {first['ctx']['error']}") from None
         raise HarnessError(f"{where}: bad value for {dotted!r}: {first['msg']}", fix_for(first)) from None
     return recipe, root

@@ -187,3 +187,38 @@ def test_every_dataset_validates_its_recipe_parameters(tmp_path):
         assert DATASETS.validate(name, params)["on_corrupt"] == "fail"
     with pytest.raises(HarnessError, match="unknown key 'rtts.colour'"):
         DATASETS.validate("rtts", {"root": "x", "colour": 1}, where="rtts")
+
+
+def test_image_sequence_shrinks_by_area_to_max_side(tmp_path):
+    """A 4x8 image of 2x2 blocks, each block the values 0, 100, 200, 60 (mean 90) plus 4 x its column:
+    shrunk to a longer side of 4, every pixel is its block's mean; no max_side, the image as written."""
+    from harness.data.sequence import ImageSequence
+
+    block = np.array([[0, 100], [200, 60]])
+    image = np.zeros((4, 8), np.uint8)
+    for r in range(2):
+        for c in range(4):
+            image[2 * r:2 * r + 2, 2 * c:2 * c + 2] = block + 4 * c
+    Image.fromarray(np.stack([image] * 3, axis=-1)).save(tmp_path / "blocks.png")
+    shrunk = ImageSequence([tmp_path / "blocks.png"], max_side=4)[0]
+    assert tuple(shrunk.shape) == (3, 2, 4)
+    expected = (90 + 4 * np.arange(4)) / 255.0
+    assert np.allclose(shrunk.numpy(), np.broadcast_to(expected, (3, 2, 4)), atol=1e-6)
+    assert tuple(ImageSequence([tmp_path / "blocks.png"])[0].shape) == (3, 4, 8)
+
+
+def test_the_adaptation_target_is_shrunk_to_the_budget_max_side(tmp_path):
+    from types import SimpleNamespace
+
+    from harness.stages.adapt import target_split
+
+    names = []
+    for i in range(4):
+        Image.fromarray(np.full((60, 90, 3), 40 * i, np.uint8)).save(tmp_path / f"t{i}.png")
+        names.append(SimpleNamespace(name=f"t{i}.png", hazy=tmp_path / f"t{i}.png"))
+    for side, shape in ((30, (3, 20, 30)), (None, (3, 60, 90))):
+        recipe = SimpleNamespace(target_split=0.5, budget=SimpleNamespace(adapt=SimpleNamespace(max_side=side)))
+        ctx = SimpleNamespace(recipe=recipe, dataset=lambda entry: SimpleNamespace(pairs=names))
+        train, val = target_split({"type": "folder"}, ctx)
+        assert len(train) == len(val) == 2
+        assert {tuple(x.shape) for x in (*train, *val)} == {shape}

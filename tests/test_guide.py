@@ -220,6 +220,28 @@ def test_h2c_on_known_embeddings_by_hand():
     assert H2CLoss(guide, mode="negative")(out, other).item() == pytest.approx(1.8, abs=1e-6)
 
 
+def test_h2c_distance_term_by_hand():
+    """Same embeddings: E(out) - E(in) = (0.6, -0.2, 0), d = (1, -1, 0)/sqrt2, so the way moved along d
+    is 0.8/sqrt2 and, with weight 0.5, the loss is 1 - sqrt(0.8) - 0.5 * 0.8/sqrt2. A farther, bent
+    move, E(out2) = (0.6, 0, 0.8): E(out2) - E(in) = (0.6, -1, 0.8), |.| = sqrt2, along d 1.6/sqrt2,
+    cos = 1.6/2 = 0.8 (below sqrt0.8), loss 1 - 0.8 - 0.5 * 1.6/sqrt2."""
+    out, inp, out2 = flat([0.3, 0.4, 0.0]), flat([0.0, 0.5, 0.0]), flat([0.3, 0.0, 0.4])
+    guide = KnownEmbeddings()
+    loss = H2CLoss(guide, distance_weight=0.5)
+    assert loss(out, inp).item() == pytest.approx(1 - 0.8 ** 0.5 - 0.5 * 0.8 / 2 ** 0.5, abs=1e-6)
+    assert loss(out2, inp).item() == pytest.approx(1 - 0.8 - 0.5 * 1.6 / 2 ** 0.5, abs=1e-6)
+    # the cosine alone prefers the shorter, purer move; the distance term turns the order round
+    assert H2CLoss(guide)(out, inp) < H2CLoss(guide)(out2, inp)
+    assert loss(out2, inp) < loss(out, inp)
+    # unchanged output: the distance term is 0, the loss stays 1
+    assert loss(inp, inp).item() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_h2c_distance_term_needs_the_paper_mode():
+    with pytest.raises(HarnessError, match="distance_weight"):
+        H2CLoss(KnownEmbeddings(), mode="positive", distance_weight=1.0)
+
+
 def test_training_the_embedded_guide_inside_a_run_reports_as_a_task(tmp_path):
     """Issue 10 item 6: with stdout to a file the guide's training (minutes) printed nothing."""
     import io

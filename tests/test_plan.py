@@ -94,6 +94,20 @@ def test_the_guide_matters_only_to_methods_that_use_a_loss(base, tmp_path):
     assert after["bilalora"].adapt_id != before["bilalora"].adapt_id
 
 
+def test_h2c_distance_and_target_shrinking_change_adaptation_keys_only_when_set(base, tmp_path):
+    """Off (0 / unset) they leave every key as it was, so results adapted before they existed stay valid."""
+    base["guide"] = {"type": "embedded"}
+    before = cells_of(tmp_path, base)
+    off = cells_of(tmp_path, changed(base, "guide.distance_weight=0"), "b.yaml")
+    assert {m: c.id for m, c in off.items()} == {m: c.id for m, c in before.items()}
+    distance = cells_of(tmp_path, changed(base, "guide.distance_weight=2"), "c.yaml")
+    shrunk = cells_of(tmp_path, changed(base, "budget.adapt.max_side=128"), "d.yaml")
+    for on in (distance, shrunk):
+        assert on["bilalora"].adapt_id != before["bilalora"].adapt_id
+        assert on["bilalora"].pretrain_id == before["bilalora"].pretrain_id
+    assert distance["pretrained"].id == before["pretrained"].id  # the guide reaches only methods with a loss
+
+
 def test_tasks_are_shared_and_ordered_by_dependency(base, tmp_path):
     base["seeds"] = [0, 1]
     plan = build_plan(load_recipe(write(tmp_path, base)))

@@ -241,6 +241,24 @@ def test_top_level_on_corrupt_becomes_every_datasets_default(base, tmp_path):
     assert "on_corrupt" not in load_recipe(write(tmp_path, base)).benchmarks[0].params
 
 
+def test_a_target_shrunk_below_the_adaptation_patch_is_refused(base, tmp_path):
+    bad = apply_overrides(yaml.safe_load(yaml.safe_dump(base)), ["budget.adapt.max_side=64",
+                                                                 "budget.adapt.patch_size=96"])
+    with pytest.raises(HarnessError, match=r"budget.adapt.max_side=64 is smaller than the adaptation patch size 96"):
+        load_recipe(write(tmp_path, bad))
+    load_recipe(write(tmp_path, apply_overrides(bad, ["budget.adapt.max_side=96"])))
+
+
+def test_the_h2c_distance_term_is_refused_with_the_ablation_modes(base, tmp_path):
+    data = apply_overrides(yaml.safe_load(yaml.safe_dump(base)), ["guide.distance_weight=2"])
+    data["methods"].append({"type": "bilalora", "label": "positive-only", "h2c": {"mode": "positive"}})
+    with pytest.raises(HarnessError, match=r"methods\[4\] \(positive-only\) uses the H2C mode 'positive' with the "
+                                           r"distance weight 2.*h2c: \{distance_weight: 0\}"):
+        load_recipe(write(tmp_path, data))
+    data["methods"][4]["h2c"]["distance_weight"] = 0
+    assert load_recipe(write(tmp_path, data)).guide.distance_weight == 2
+
+
 def test_patch_size_larger_than_every_training_image_is_refused(dea_base, tmp_path):
     """The quickstart's pretraining images are 96 px: a 512 px patch would upscale each one 5.3x."""
     bad = yaml.safe_load(yaml.safe_dump(dea_base))

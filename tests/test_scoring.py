@@ -11,11 +11,11 @@ import torch
 from torch import nn
 
 from harness.data.datasets import ImagePair, ImageSet
-from harness.data.io import read_image, to_array, to_tensor, write_image
+from harness.data.io import read_image, shrink, to_array, to_tensor, write_image
 from harness.dehaze import restore_tiled
 from harness.errors import HarnessError
 from harness.metrics import build_metric
-from harness.metrics.scoring import score_model, shrink
+from harness.metrics.scoring import score_model
 
 SIZES = [(40, 56), (48, 64), (40, 56), (48, 64), (40, 56), (64, 48), (40, 56)]  # mixed sizes, mixed order
 

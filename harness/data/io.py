@@ -119,6 +119,17 @@ def to_tensor(arr: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
 
 
+def shrink(image: torch.Tensor, max_side: int | None) -> torch.Tensor:
+    """A 3xHxW image area-downscaled so its longer side is at most ``max_side`` (None: unchanged)."""
+    import torch.nn.functional as F
+
+    if max_side is None or max(image.shape[-2:]) <= max_side:
+        return image
+    scale = max_side / max(image.shape[-2:])
+    size = (max(1, round(image.shape[-2] * scale)), max(1, round(image.shape[-1] * scale)))
+    return F.interpolate(image[None], size=size, mode="area")[0]
+
+
 def to_array(t: torch.Tensor) -> np.ndarray:
     """3xHxW (or 1x3xHxW) tensor -> HxWx3 float32 array clipped to [0, 1]."""
     if t.dim() == 4:

@@ -8,6 +8,13 @@ With unit-norm CLIP image embeddings ``E`` and text embeddings ``T``:
 - ``negative`` (negative-only): ``1 + cos(E(out), T(neg))``, only pushing the output away from the
   haze description.
 
+The cosine rewards the direction an output's embedding moved, not how far: on real hazy photos
+(measured, ``docs/guide.md``) the embedded guide scores a half-way dehaze better than a full one, so
+adaptation walks the outputs back towards their inputs. ``distance_weight`` (0 by default, the
+paper's loss) adds ``-w (E(out) - E(in)) . d`` with ``d`` the unit text direction: how far the
+output moved towards "clear", which ranks stronger dehazing above weaker on those photos. Only the
+``both`` mode has it.
+
 ``E(in)`` is a constant of the loss and is computed without a graph. Images are resized and
 normalised exactly once (the authors' code normalises twice). When the guide asks for several views
 (``Guide.views``), output and input are seen through the same random crops, flips and scales and
@@ -33,10 +40,14 @@ class H2CLoss(nn.Module):
     """Callable as ``loss(restored, hazy_input) -> scalar`` (batch and view mean); CLIP stays frozen."""
 
     def __init__(self, guide: Guide, positive: str = "a clear photo", negative: str = "a photo with haze",
-                 mode: str = "both"):
+                 mode: str = "both", distance_weight: float = 0.0):
         super().__init__()
         if mode not in MODES:
             raise HarnessError(f"unknown H2C mode {mode!r}", f"set guide.mode to one of: {', '.join(MODES)}")
+        if distance_weight and mode != "both":
+            raise HarnessError(f"guide.distance_weight {distance_weight:g} needs the mode 'both' (got {mode!r})",
+                               "set guide.distance_weight: 0 for the positive-/negative-only ablations")
+        self.distance_weight = float(distance_weight)
         self.guide = guide
         self.clip = guide.model  # registered so .to(device) moves it
         self.mode = mode
@@ -55,5 +66,6 @@ class H2CLoss(nn.Module):
         same = (view_out == view_in).flatten(1).all(1, keepdim=True)
         e_in = torch.where(same, e_out.detach(), e_in)
         delta = e_out - e_in
-        cos = (delta @ self.direction) / delta.norm(dim=-1).clamp_min(1e-8)
-        return (1.0 - cos).mean()
+        along = delta @ self.direction
+        cos = along / delta.norm(dim=-1).clamp_min(1e-8)
+        return (1.0 - cos - self.distance_weight * along).mean()

@@ -34,12 +34,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import Progress
 from torch import nn
 
-from harness.data.io import read_image, to_array, to_tensor, write_image
+from harness.data.io import read_image, shrink, to_array, to_tensor, write_image
 from harness.errors import HarnessError
 from harness.launch.distributed import barrier, compute_and_gather, ensure_process_group
 from harness.metrics.base import Metric
@@ -61,15 +60,6 @@ class Job:
     name: str
     path: Path
     reference: Path | None = None
-
-
-def shrink(image: torch.Tensor, max_side: int | None) -> torch.Tensor:
-    """A 3xHxW image area-downscaled so its longer side is at most ``max_side``."""
-    if max_side is None or max(image.shape[-2:]) <= max_side:
-        return image
-    scale = max_side / max(image.shape[-2:])
-    size = (max(1, round(image.shape[-2] * scale)), max(1, round(image.shape[-1] * scale)))
-    return F.interpolate(image[None], size=size, mode="area")[0]
 
 
 class _Decode(torch.utils.data.Dataset):

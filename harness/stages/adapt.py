@@ -61,7 +61,8 @@ def load(key: str, backbone: dict[str, Any], ctx: StageContext) -> tuple[torch.n
 
 
 def target_split(entry: dict[str, Any], ctx: StageContext) -> tuple[ImageSequence, ImageSequence]:
-    """Deterministic train/val split of the target images (independent of method and seed)."""
+    """Deterministic train/val split of the target images (independent of method and seed), shrunk to
+    the adaptation budget's ``max_side`` when it has one."""
     data = ctx.dataset(entry)
     if len(data.pairs) < 2:
         raise HarnessError(f"target set {entry.get('label') or entry['type']} has {len(data.pairs)} image(s)",
@@ -69,8 +70,9 @@ def target_split(entry: dict[str, Any], ctx: StageContext) -> tuple[ImageSequenc
     by_name = {p.name: p for p in data.pairs}
     order = sorted(by_name, key=lambda n: stable_hash(n))
     cut = max(1, min(len(order) - 1, round(len(order) * ctx.recipe.target_split)))
-    return (ImageSequence([by_name[n].hazy for n in order[:cut]]),
-            ImageSequence([by_name[n].hazy for n in order[cut:]]))
+    side = ctx.recipe.budget.adapt.max_side
+    return (ImageSequence([by_name[n].hazy for n in order[:cut]], max_side=side),
+            ImageSequence([by_name[n].hazy for n in order[cut:]], max_side=side))
 
 
 def run(task: Task, ctx: StageContext) -> dict[str, Any]:

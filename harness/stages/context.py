@@ -72,9 +72,8 @@ class StageContext:
         return self._metrics
 
     def h2c_settings(self, method: dict[str, Any]) -> dict[str, str]:
-        """The recipe's prompts and mode with the method's ``h2c:`` overrides applied."""
-        g = self.recipe.guide
-        return {"positive": g.positive, "negative": g.negative, "mode": g.mode, **method.get("h2c", {})}
+        """The recipe's H2C settings with the method's ``h2c:`` overrides applied."""
+        return {**self.recipe.guide.h2c(), **method.get("h2c", {})}
 
     def guide(self):
         from harness.guide import build_guide
