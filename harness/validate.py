@@ -304,7 +304,13 @@ def _probe_data(recipe: Recipe, at: _At) -> None:
     from harness.data.datasets import screen_headers_only
     from harness.data.io import MIN_SIDE, image_size
 
-    patch, max_side = recipe.budget.patch_size, recipe.eval.max_side
+    max_side = recipe.eval.max_side
+    b = recipe.budget
+    # each training stage's own patch size (and the target's shrinking), named by the key that sets it
+    stages = {"pretrain": (b.pretraining()["patch_size"], None,
+                           "budget.pretrain.patch_size" if b.pretrain.patch_size else "budget.patch_size"),
+              "target": (b.adaptation()["patch_size"], b.adapt.max_side,
+                         "budget.adapt.patch_size" if b.adapt.patch_size else "budget.patch_size")}
     for key in DATA_KEYS:
         for i, entry in enumerate(getattr(recipe, key)):
             values = DATASETS.validate(entry.type, entry.params)
@@ -325,15 +331,17 @@ def _probe_data(recipe: Recipe, at: _At) -> None:
             if not sizes:
                 continue
             if key != "benchmarks":
-                shorts = [min(hw) for hw in sizes]
+                patch, shrink_to, setting = stages[key]
+                shorts = [round(min(hw) * min(1.0, shrink_to / max(hw))) if shrink_to else min(hw) for hw in sizes]
+                shrunk = f" (after budget.adapt.max_side={shrink_to})" if shrink_to else ""
                 small = sum(s < patch for s in shorts)
                 if small == len(shorts):
                     raise HarnessError(
-                        f"{where}: budget.patch_size={patch} is larger than every image (largest short side "
+                        f"{where}: {setting}={patch} is larger than every image{shrunk} (largest short side "
                         f"{max(shorts)} px): each training patch would be an upscaled whole image",
-                        f"set budget.patch_size to at most {max(shorts)}")
+                        f"set {setting} to at most {max(shorts)}")
                 if small:
-                    _warn(f"{where}: {small} of {len(shorts)} images are smaller than budget.patch_size={patch} "
+                    _warn(f"{where}: {small} of {len(shorts)} images{shrunk} are smaller than {setting}={patch} "
                           "and are upscaled to fit")
             elif max_side is not None:
                 for (h, w), name in zip(sizes, names):

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -268,3 +269,25 @@ def test_patch_size_larger_than_every_training_image_is_refused(dea_base, tmp_pa
         load_recipe(write(tmp_path, bad))
     bad["budget"]["patch_size"] = 96
     load_recipe(write(tmp_path, bad))
+
+
+def test_each_stage_checks_its_own_patch_size_and_the_target_its_shrunk_sizes(base, tmp_path):
+    """Target photos 40x120 shrunk to a longer side of 60 are 20x60: a 48 px adaptation patch is larger
+    than every one of them; the pretraining's own 512 px patch is named by its own key."""
+    from PIL import Image
+
+    folder = tmp_path / "wide"
+    folder.mkdir()
+    for i in range(2):
+        Image.fromarray(np.full((40, 120, 3), 60 * i, np.uint8)).save(folder / f"w{i}.png")
+    data = yaml.safe_load(yaml.safe_dump(base))
+    data["target"] = [{"type": "folder", "label": "wide", "root": str(folder)}]
+    data["budget"]["adapt"] = {"patch_size": 48, "max_side": 60}
+    with pytest.raises(HarnessError, match=r"target\[0\] \(wide\): budget.adapt.patch_size=48 is larger than every "
+                                           r"image \(after budget.adapt.max_side=60\) \(largest short side 20 px\)"):
+        load_recipe(write(tmp_path, data))
+    data["budget"]["adapt"] = {"patch_size": 32}  # unshrunk, the photos are 40 px high
+    load_recipe(write(tmp_path, data))
+    data["budget"]["pretrain"] = {"patch_size": 512}
+    with pytest.raises(HarnessError, match=r"pretrain\[0\] \(light\): budget.pretrain.patch_size=512 is larger"):
+        load_recipe(write(tmp_path, data))
