@@ -292,6 +292,9 @@ def test_weights_id_names_the_weights_a_built_guide_has(tmp_path, guide, monkeyp
     # the ranking term is off by default and leaves the default's hash (and every cached guide) as it was
     assert weights_id("embedded", steps=3, rank_weight=0.0) == weights_id("embedded", steps=3)
     assert weights_id("embedded", steps=3, rank_weight=1.0) != weights_id("embedded", steps=3)
+    assert weights_id("embedded", steps=3, adversarial_steps=1, align_radius=0.0) == weights_id("embedded", steps=3)
+    assert weights_id("embedded", steps=3, adversarial_steps=3) != weights_id("embedded", steps=3)
+    assert weights_id("embedded", steps=3, align_radius=0.25) != weights_id("embedded", steps=3)
     monkeypatch.setattr(embedded_module, "VERSION", embedded_module.VERSION + 1)  # a changed data recipe
     assert weights_id("embedded", steps=3) != built.info["config_hash"]
     path = tmp_path / "tiny.pt"
@@ -325,3 +328,23 @@ def test_imperfect_versions_of_a_constant_grey_crop_by_hand():
             assert float(gains.mean()) == pytest.approx(1.0, abs=1e-5) and float(gains.std()) > 0
             kinds.add("cast")
     assert kinds == {"identity", "gamma", "checkerboard", "cast"}
+
+
+def test_pgd_attack_ends_on_the_radius_where_the_loss_is_linear():
+    """Hand computation: for a loss linear in the pixels, ``sum(w * x)``, every PGD step moves each
+    pixel by ``2.5 r / k`` along sign(w); from a random start within ``r`` the total of ``2.5 r``
+    reaches the box, so the attack ends at ``x + r sign(w)`` (clipped to [0, 1])."""
+    from harness.guide.training import GuideStepper
+
+    torch.manual_seed(0)
+    x = torch.rand(4, 3, 8, 8) * 0.6 + 0.2
+    w = torch.randn(4, 3, 8, 8)
+    stepper = GuideStepper.__new__(GuideStepper)
+    stepper.adversarial, stepper.adversarial_steps = 0.25, 3
+    stepper.trained = type("Trained", (), {"model": None})()
+    stepper._loss = lambda model, images, y, text: (w * images).sum()
+    adv = stepper._attack(x, None, None, torch.Generator().manual_seed(1))
+    assert torch.allclose(adv, (x + 0.25 * w.sign()).clamp(0, 1), atol=1e-6)
+    stepper.adversarial_steps = 1  # FGSM: one step of 1.25 r from the random start, inside the box
+    fgsm = stepper._attack(x, None, None, torch.Generator().manual_seed(1))
+    assert ((fgsm - x).abs() <= 0.25 + 1e-6).all() and ((fgsm - x) * w.sign() > 0.25 * 0.25 - 1e-6).all()

@@ -291,3 +291,14 @@ def test_each_stage_checks_its_own_patch_size_and_the_target_its_shrunk_sizes(ba
     data["budget"]["pretrain"] = {"patch_size": 512}
     with pytest.raises(HarnessError, match=r"pretrain\[0\] \(light\): budget.pretrain.patch_size=512 is larger"):
         load_recipe(write(tmp_path, data))
+
+
+@pytest.mark.parametrize("override, key, fix", [
+    ("guide.adversarial_steps=0", "guide.adversarial_steps", "at least 1"),
+    ("guide.align_radius=-0.1", "guide.align_radius", "at least 0"),
+    ("guide.rank_weight=-1", "guide.rank_weight", "at least 0"),
+])
+def test_embedded_guide_training_options_out_of_range_are_refused_naming_the_key(override, key, fix):
+    with pytest.raises(HarnessError) as err:
+        load_recipe(QUICKSTART, [override])
+    assert key in str(err.value) and fix in str(err.value)

@@ -8,7 +8,9 @@ looks at (see :mod:`harness.guide.h2c`); ``views: 1`` is the paper's whole-image
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
+
+from pydantic import Field
 
 from harness.errors import HarnessError
 from harness.registry import GUIDES, CheckContext
@@ -16,32 +18,39 @@ from harness.registry import GUIDES, CheckContext
 if TYPE_CHECKING:
     from harness.guide.model import Guide
 
+NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
 
 def _embedded_training(tower: str = "vit", pool: int = 2048, noise: float = 0.02, direction_weight: float = 1.0,
                        adversarial: float = 0.25, image_size: int = 32, align_weight: float = 2.0,
-                       rank_weight: float = 0.0) -> dict:
+                       rank_weight: float = 0.0, adversarial_steps: int = 1, align_radius: float = 0.0) -> dict:
     """The embedded guide's recipe options as its training settings (what its cache hash covers).
 
-    ``rank_weight`` came later: it enters the settings only when set, so the default guide keeps the
-    hash it was cached and recorded under."""
+    ``rank_weight``, ``adversarial_steps`` and ``align_radius`` came later: each enters the settings
+    only when it differs from its default, so the default guide keeps the hash it was cached and
+    recorded under."""
     from harness.guide.model import TINY_CONV_MODEL, TINY_MODEL
 
     return dict(model_name=TINY_MODEL if tower == "vit" else TINY_CONV_MODEL, pool=pool, noise=noise,
                 direction_weight=direction_weight, adversarial=adversarial, image_size=image_size,
-                align_weight=align_weight, **({"rank_weight": rank_weight} if rank_weight else {}))
+                align_weight=align_weight, **({"rank_weight": rank_weight} if rank_weight else {}),
+                **({"adversarial_steps": adversarial_steps} if adversarial_steps != 1 else {}),
+                **({"align_radius": align_radius} if align_radius else {}))
 
 
 @GUIDES.register("embedded")
-def embedded(steps: int = 400, seed: int = 0, cache_dir: Path | None = None, views: int = 1,
-             view_scale: float = 0.5, tower: Literal["vit", "conv"] = "vit", pool: int = 2048,
-             noise: float = 0.02, direction_weight: float = 1.0, adversarial: float = 0.25, image_size: int = 32,
-             align_weight: float = 2.0, rank_weight: float = 0.0):
+def embedded(steps: Annotated[int, Field(ge=1)] = 400, seed: int = 0, cache_dir: Path | None = None, views: int = 1,
+             view_scale: float = 0.5, tower: Literal["vit", "conv"] = "vit", pool: Annotated[int, Field(ge=1)] = 2048,
+             noise: NonNegative = 0.02, direction_weight: NonNegative = 1.0, adversarial: NonNegative = 0.25,
+             image_size: Annotated[int, Field(ge=16)] = 32, align_weight: NonNegative = 2.0,
+             rank_weight: NonNegative = 0.0, adversarial_steps: Annotated[int, Field(ge=1)] = 1,
+             align_radius: NonNegative = 0.0):
     """The harness's own degradation-aware tiny CLIP (trained once, then cached): a ``Guide``."""
     from harness.guide.embedded import load_embedded
 
     return load_embedded(steps=steps, seed=seed, cache=cache_dir, views=views, view_scale=view_scale,
                          **_embedded_training(tower, pool, noise, direction_weight, adversarial, image_size,
-                                              align_weight, rank_weight))
+                                              align_weight, rank_weight, adversarial_steps, align_radius))
 
 
 def _weights_resolve(params: dict, context: CheckContext) -> None:

@@ -49,10 +49,9 @@ def probe_command(
     descent.add_row("before", f"{d['loss_before']:.3f}", f"{d['psnr_before']:.2f}", f"{d['ssim_before']:.3f}")
     descent.add_row("after", f"{d['loss_after']:.3f}", f"{d['psnr_after']:.2f}", f"{d['ssim_after']:.3f}")
     console.print(descent)
-    verdict = "leads towards the ground truth" if result.psnr_gain > 0 else "is fooled (PSNR falls)"
     console.print(f"first step towards the ground truth: cos {d['gradient_alignment']:+.3f}; mean CIELAB a*b* shift "
                   f"{d['lab_shift']:.1f} (ground truth: {d['lab_shift_ground_truth']:.1f}); "
-                  f"PSNR {result.psnr_gain:+.2f} dB: the guide {verdict}")
+                  f"PSNR {result.psnr_gain:+.2f} dB, SSIM {result.ssim_gain:+.3f}: the guide {result.verdict()}")
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(asdict(result), indent=1))

@@ -18,6 +18,10 @@ What makes its gradient lead towards clear images rather than fool the loss (mea
   half of each batch): the largest single gain, monotone in the radius up to the default 0.25;
 - gradient alignment (``align_weight``): the pixel gradient of the clear score is trained, by
   double backprop, to point from a degraded crop towards its clean crop;
+- optionally, the alignment is also trained off that line (``align_radius``: at points where sign
+  steps up the clear score lead, as pixel descent does) and the adversarial crops come from PGD
+  (``adversarial_steps``); with random views, descent then ends above the input in PSNR but not in
+  SSIM (colour speckle), so both stay off;
 - optionally, the H2C loss looks at each image through several random views (``views``, see
   ``h2c.py``); measured, it does not help this guide;
 - optionally (``rank_weight``), the H2C loss itself is trained to rank by closeness to the clean
@@ -66,7 +70,8 @@ def train_embedded(steps: int, seed: int, state_path: Path, batch_size: int = 64
                    lr: float = 5e-4, noise: float = 0.02, model_name: str = TINY_MODEL, progress=None,
                    strategy: Strategy | None = None, direction_weight: float = 1.0,
                    adversarial: float = 0.0, image_size: int = 64,
-                   align_weight: float = 0.0, rank_weight: float = 0.0) -> tuple[torch.nn.Module, dict]:
+                   align_weight: float = 0.0, rank_weight: float = 0.0,
+                   adversarial_steps: int = 1, align_radius: float = 0.0) -> tuple[torch.nn.Module, dict]:
     """Train the tiny CLIP from scratch on captioned degraded crops; returns (model, training summary).
 
     One process trains it (the others of a torchrun wait on the cache's lock), so by default on this
@@ -79,7 +84,8 @@ def train_embedded(steps: int, seed: int, state_path: Path, batch_size: int = 64
                          batch_size=batch_size, noise=noise, seed=seed, state_path=state_path,
                          stage="embedded guide", progress=progress, strategy=strategy,
                          direction_weight=direction_weight, adversarial=adversarial, align_weight=align_weight,
-                         rank_weight=rank_weight)
+                         rank_weight=rank_weight, adversarial_steps=adversarial_steps,
+                         align_radius=align_radius)
     final = result.curve[-1]["loss"] if result.curve else float("nan")
     return model, {"steps": steps, "seed": seed, "final_loss": final, "seconds": result.seconds,
                    "curve": result.curve}

@@ -97,6 +97,19 @@ class ProbeResult:
     def psnr_gain(self) -> float:
         return self.descent["psnr_after"] - self.descent["psnr_before"]
 
+    @property
+    def ssim_gain(self) -> float:
+        return self.descent["ssim_after"] - self.descent["ssim_before"]
+
+    def verdict(self) -> str:
+        """What the descent says about the guide. PSNR alone is not enough: a descent that darkens the
+        haze away under a colour cast and speckle raises PSNR while SSIM falls (measured, docs/guide.md)."""
+        if self.psnr_gain <= 0:
+            return "is fooled (PSNR falls)"
+        if self.ssim_gain < 0:
+            return "is fooled in structure (PSNR rises, SSIM falls: look at the descended images)"
+        return "leads towards the ground truth"
+
 
 def _mean_metric(metric, images: torch.Tensor, clear: torch.Tensor) -> float:
     from harness.data.io import to_array

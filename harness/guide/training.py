@@ -35,8 +35,10 @@ class GuideStepper:
     def __init__(self, model: torch.nn.Module, tokenizer: Callable, data: Captioned, *,
                  steps: int, lr: float, batch_size: int, noise: float, strategy: Strategy,
                  weight_decay: float = 0.05, direction_weight: float = 1.0, adversarial: float = 0.0,
-                 align_weight: float = 0.0, rank_weight: float = 0.0):
+                 align_weight: float = 0.0, rank_weight: float = 0.0, adversarial_steps: int = 1,
+                 align_radius: float = 0.0):
         self.data = data
+        self.adversarial_steps, self.align_radius = adversarial_steps, align_radius
         self.batch_size, self.noise, self.strategy = batch_size, noise, strategy
         self.direction_weight, self.adversarial, self.align_weight = direction_weight, adversarial, align_weight
         self.rank_weight = rank_weight
@@ -76,15 +78,8 @@ class GuideStepper:
         device = self.strategy.device
         x, y, clean = (self.strategy.shard(t).to(device) for t in (x, y, clean))
         text = text.to(device)
-        if self.adversarial > 0:  # FGSM from a random start (fast adversarial training), on half the batch
-            half = len(x) // 2
-            start = x[:half] + self.adversarial * (2 * torch.rand(x[:half].shape, generator=rng).to(device) - 1)
-            start = start.clamp(0, 1).requires_grad_(True)
-            loss = self._loss(self.trained.model, start, y[:half], text)
-            (grad,) = torch.autograd.grad(loss, start)
-            adv = (start + 1.25 * self.adversarial * grad.sign()).clamp(x[:half] - self.adversarial,
-                                                                       x[:half] + self.adversarial)
-            x = torch.cat([adv.clamp(0, 1).detach(), x[half:]])
+        if self.adversarial > 0:
+            x = torch.cat([self._attack(x[:len(x) // 2], y[:len(x) // 2], text, rng), x[len(x) // 2:]])
         loss = self._loss(self.trained.module, x, y, text)
         if self.rank_weight > 0:
             loss = loss + self.rank_weight * self._ranking(x, y, clean, text, rng)
@@ -103,6 +98,18 @@ class GuideStepper:
         self.schedule.step()
         return info
 
+    def _attack(self, x: torch.Tensor, y: torch.Tensor, text: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
+        """Adversarial versions of ``x`` within ``adversarial`` of it (max-norm): one FGSM step from a
+        random start (fast adversarial training), or ``adversarial_steps`` PGD steps."""
+        radius, k = self.adversarial, self.adversarial_steps
+        adv = (x + radius * (2 * torch.rand(x.shape, generator=rng).to(x.device) - 1)).clamp(0, 1)
+        for _ in range(k):
+            adv.requires_grad_(True)
+            (grad,) = torch.autograd.grad(self._loss(self.trained.model, adv, y, text), adv)
+            step = 1.25 * radius if k == 1 else 2.5 * radius / k
+            adv = torch.minimum(torch.maximum(adv.detach() + step * grad.sign(), x - radius), x + radius).clamp(0, 1)
+        return adv
+
     def _alignment(self, x: torch.Tensor, y: torch.Tensor, clean: torch.Tensor, text: torch.Tensor,
                    rng: torch.Generator) -> torch.Tensor:
         """1 - cos(gradient of the clear score at a point on the line through a degraded crop and its
@@ -113,16 +120,23 @@ class GuideStepper:
         if not degraded.any():
             return torch.zeros((), device=x.device)
         a = (torch.rand(int(degraded.sum()), 1, 1, 1, generator=rng) * 1.5 - 0.5).to(x.device)
-        start = clean[degraded] + a * (x[degraded] - clean[degraded])
-        xd = start.clamp(0, 1).detach().requires_grad_(True)
+        start = (clean[degraded] + a * (x[degraded] - clean[degraded])).clamp(0, 1)
         model = self.trained.model
-        with sdpa_kernel(SDPBackend.MATH):  # the fused attention kernels have no double backward
-            image_emb = model.encode_image((xd - self.mean) / self.std, normalize=True)
-            text_emb = model.encode_text(text, normalize=True)
-            direction = text_emb[self.clear_index][None] - text_emb[self.negative_of[y[degraded]]]
-            score = (image_emb * direction).sum()
-            (grad,) = torch.autograd.grad(score, xd, create_graph=True)
-        way = (clean[degraded] - xd.detach()).flatten(1)
+        negative = self.negative_of[y[degraded]]
+
+        def clear_score_gradient(images: torch.Tensor, create_graph: bool) -> torch.Tensor:
+            xd = images.detach().requires_grad_(True)
+            with sdpa_kernel(SDPBackend.MATH):  # the fused attention kernels have no double backward
+                image_emb = model.encode_image((xd - self.mean) / self.std, normalize=True)
+                text_emb = model.encode_text(text, normalize=True)
+                score = (image_emb * (text_emb[self.clear_index][None] - text_emb[negative])).sum()
+                return torch.autograd.grad(score, xd, create_graph=create_graph)[0]
+
+        if self.align_radius > 0:  # where sign steps up the clear score lead, as pixel descent on H2C does
+            u = torch.rand(len(start), 1, 1, 1, generator=rng).to(x.device)
+            start = (start + self.align_radius * u * clear_score_gradient(start, False).sign()).clamp(0, 1)
+        grad = clear_score_gradient(start, True)
+        way = (clean[degraded] - start).flatten(1)
         return 1.0 - F.cosine_similarity(grad.flatten(1), way, dim=1).mean()
 
     def _ranking(self, x: torch.Tensor, y: torch.Tensor, clean: torch.Tensor, text: torch.Tensor,
@@ -195,13 +209,14 @@ def train_guide(model: torch.nn.Module, tokenizer: Callable, data: Captioned, *,
                 steps: int, lr: float, batch_size: int, noise: float, seed: int, state_path: Path,
                 stage: str = "guide training", progress=None, strategy: Strategy | None = None,
                 direction_weight: float = 1.0, adversarial: float = 0.0, align_weight: float = 0.0,
-                rank_weight: float = 0.0) -> LoopResult:
+                rank_weight: float = 0.0, adversarial_steps: int = 1, align_radius: float = 0.0) -> LoopResult:
     """Train ``model`` in place (resumable from ``state_path``); returns the loop's result."""
     strategy = strategy or current_strategy()
     model.train()
     stepper = GuideStepper(model, tokenizer, data, steps=steps, lr=lr, batch_size=batch_size,
                            noise=noise, strategy=strategy, direction_weight=direction_weight,
-                           adversarial=adversarial, align_weight=align_weight, rank_weight=rank_weight)
+                           adversarial=adversarial, align_weight=align_weight, rank_weight=rank_weight,
+                           adversarial_steps=adversarial_steps, align_radius=align_radius)
     result = TrainLoop(stage, steps, state_path, seed=seed, checkpoint_every=100, progress=progress,
                        strategy=strategy, nan_fix=f"lower the learning rate of the {stage}").run(stepper)
     model.eval()
