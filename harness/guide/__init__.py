@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from harness.guide.model import Guide
 
 NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+_LATER_DEFAULTS = {"rank_weight": 0.0, "adversarial_steps": 1, "align_radius": 0.0}  # see _embedded_training
 
 
 def _embedded_training(tower: str = "vit", pool: int = 2048, noise: float = 0.02, direction_weight: float = 1.0,
@@ -31,18 +32,17 @@ def _embedded_training(tower: str = "vit", pool: int = 2048, noise: float = 0.02
     recorded under."""
     from harness.guide.model import TINY_CONV_MODEL, TINY_MODEL
 
+    later = {"rank_weight": rank_weight, "adversarial_steps": adversarial_steps, "align_radius": align_radius}
     return dict(model_name=TINY_MODEL if tower == "vit" else TINY_CONV_MODEL, pool=pool, noise=noise,
                 direction_weight=direction_weight, adversarial=adversarial, image_size=image_size,
-                align_weight=align_weight, **({"rank_weight": rank_weight} if rank_weight else {}),
-                **({"adversarial_steps": adversarial_steps} if adversarial_steps != 1 else {}),
-                **({"align_radius": align_radius} if align_radius else {}))
+                align_weight=align_weight, **{k: v for k, v in later.items() if v != _LATER_DEFAULTS[k]})
 
 
 @GUIDES.register("embedded")
 def embedded(steps: Annotated[int, Field(ge=1)] = 400, seed: int = 0, cache_dir: Path | None = None, views: int = 1,
              view_scale: float = 0.5, tower: Literal["vit", "conv"] = "vit", pool: Annotated[int, Field(ge=1)] = 2048,
              noise: NonNegative = 0.02, direction_weight: NonNegative = 1.0, adversarial: NonNegative = 0.25,
-             image_size: Annotated[int, Field(ge=16)] = 32, align_weight: NonNegative = 2.0,
+             image_size: Annotated[int, Field(ge=8)] = 32, align_weight: NonNegative = 2.0,
              rank_weight: NonNegative = 0.0, adversarial_steps: Annotated[int, Field(ge=1)] = 1,
              align_radius: NonNegative = 0.0):
     """The harness's own degradation-aware tiny CLIP (trained once, then cached): a ``Guide``."""

@@ -68,11 +68,10 @@ def cache_dir(root: Path | None = None) -> Path:
 
 def train_embedded(steps: int, seed: int, state_path: Path, batch_size: int = 64, pool: int = 2048,
                    lr: float = 5e-4, noise: float = 0.02, model_name: str = TINY_MODEL, progress=None,
-                   strategy: Strategy | None = None, direction_weight: float = 1.0,
-                   adversarial: float = 0.0, image_size: int = 64,
-                   align_weight: float = 0.0, rank_weight: float = 0.0,
-                   adversarial_steps: int = 1, align_radius: float = 0.0) -> tuple[torch.nn.Module, dict]:
+                   strategy: Strategy | None = None, image_size: int = 64,
+                   **objective) -> tuple[torch.nn.Module, dict]:
     """Train the tiny CLIP from scratch on captioned degraded crops; returns (model, training summary).
+    ``objective``: the loss options of :class:`harness.guide.training.GuideStepper`.
 
     One process trains it (the others of a torchrun wait on the cache's lock), so by default on this
     process's device alone, never with the run's DDP/DeepSpeed strategy."""
@@ -82,10 +81,7 @@ def train_embedded(steps: int, seed: int, state_path: Path, batch_size: int = 64
     data = make_pairs(pool, image_size, seed)
     result = train_guide(model, open_clip.get_tokenizer(model_name), data, steps=steps, lr=lr,
                          batch_size=batch_size, noise=noise, seed=seed, state_path=state_path,
-                         stage="embedded guide", progress=progress, strategy=strategy,
-                         direction_weight=direction_weight, adversarial=adversarial, align_weight=align_weight,
-                         rank_weight=rank_weight, adversarial_steps=adversarial_steps,
-                         align_radius=align_radius)
+                         stage="embedded guide", progress=progress, strategy=strategy, **objective)
     final = result.curve[-1]["loss"] if result.curve else float("nan")
     return model, {"steps": steps, "seed": seed, "final_loss": final, "seconds": result.seconds,
                    "curve": result.curve}

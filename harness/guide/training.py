@@ -102,11 +102,11 @@ class GuideStepper:
         """Adversarial versions of ``x`` within ``adversarial`` of it (max-norm): one FGSM step from a
         random start (fast adversarial training), or ``adversarial_steps`` PGD steps."""
         radius, k = self.adversarial, self.adversarial_steps
+        step = 1.25 * radius if k == 1 else 2.5 * radius / k
         adv = (x + radius * (2 * torch.rand(x.shape, generator=rng).to(x.device) - 1)).clamp(0, 1)
         for _ in range(k):
             adv.requires_grad_(True)
             (grad,) = torch.autograd.grad(self._loss(self.trained.model, adv, y, text), adv)
-            step = 1.25 * radius if k == 1 else 2.5 * radius / k
             adv = torch.minimum(torch.maximum(adv.detach() + step * grad.sign(), x - radius), x + radius).clamp(0, 1)
         return adv
 
@@ -122,20 +122,21 @@ class GuideStepper:
         a = (torch.rand(int(degraded.sum()), 1, 1, 1, generator=rng) * 1.5 - 0.5).to(x.device)
         start = (clean[degraded] + a * (x[degraded] - clean[degraded])).clamp(0, 1)
         model = self.trained.model
-        negative = self.negative_of[y[degraded]]
+        with sdpa_kernel(SDPBackend.MATH):  # the fused attention kernels have no double backward
+            text_emb = model.encode_text(text, normalize=True)
+        direction = text_emb[self.clear_index][None] - text_emb[self.negative_of[y[degraded]]]
 
-        def clear_score_gradient(images: torch.Tensor, create_graph: bool) -> torch.Tensor:
+        def clear_score_gradient(images: torch.Tensor, direction: torch.Tensor, create_graph: bool) -> torch.Tensor:
             xd = images.detach().requires_grad_(True)
-            with sdpa_kernel(SDPBackend.MATH):  # the fused attention kernels have no double backward
-                image_emb = model.encode_image((xd - self.mean) / self.std, normalize=True)
-                text_emb = model.encode_text(text, normalize=True)
-                score = (image_emb * (text_emb[self.clear_index][None] - text_emb[negative])).sum()
+            with sdpa_kernel(SDPBackend.MATH):
+                score = (model.encode_image((xd - self.mean) / self.std, normalize=True) * direction).sum()
                 return torch.autograd.grad(score, xd, create_graph=create_graph)[0]
 
         if self.align_radius > 0:  # where sign steps up the clear score lead, as pixel descent on H2C does
             u = torch.rand(len(start), 1, 1, 1, generator=rng).to(x.device)
-            start = (start + self.align_radius * u * clear_score_gradient(start, False).sign()).clamp(0, 1)
-        grad = clear_score_gradient(start, True)
+            step = clear_score_gradient(start, direction.detach(), False).sign()
+            start = (start + self.align_radius * u * step).clamp(0, 1)
+        grad = clear_score_gradient(start, direction, True)
         way = (clean[degraded] - start).flatten(1)
         return 1.0 - F.cosine_similarity(grad.flatten(1), way, dim=1).mean()
 
@@ -208,15 +209,13 @@ def _imperfect(clean: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
 def train_guide(model: torch.nn.Module, tokenizer: Callable, data: Captioned, *,
                 steps: int, lr: float, batch_size: int, noise: float, seed: int, state_path: Path,
                 stage: str = "guide training", progress=None, strategy: Strategy | None = None,
-                direction_weight: float = 1.0, adversarial: float = 0.0, align_weight: float = 0.0,
-                rank_weight: float = 0.0, adversarial_steps: int = 1, align_radius: float = 0.0) -> LoopResult:
-    """Train ``model`` in place (resumable from ``state_path``); returns the loop's result."""
+                **objective) -> LoopResult:
+    """Train ``model`` in place (resumable from ``state_path``); returns the loop's result.
+    ``objective``: :class:`GuideStepper`'s loss options (direction, adversarial, alignment, ranking)."""
     strategy = strategy or current_strategy()
     model.train()
     stepper = GuideStepper(model, tokenizer, data, steps=steps, lr=lr, batch_size=batch_size,
-                           noise=noise, strategy=strategy, direction_weight=direction_weight,
-                           adversarial=adversarial, align_weight=align_weight, rank_weight=rank_weight,
-                           adversarial_steps=adversarial_steps, align_radius=align_radius)
+                           noise=noise, strategy=strategy, **objective)
     result = TrainLoop(stage, steps, state_path, seed=seed, checkpoint_every=100, progress=progress,
                        strategy=strategy, nan_fix=f"lower the learning rate of the {stage}").run(stepper)
     model.eval()
