@@ -295,6 +295,9 @@ def test_weights_id_names_the_weights_a_built_guide_has(tmp_path, guide, monkeyp
     assert weights_id("embedded", steps=3, adversarial_steps=1, align_radius=0.0) == weights_id("embedded", steps=3)
     assert weights_id("embedded", steps=3, adversarial_steps=3) != weights_id("embedded", steps=3)
     assert weights_id("embedded", steps=3, align_radius=0.25) != weights_id("embedded", steps=3)
+    assert weights_id("embedded", steps=3, blur=0.0, global_chroma=False) == weights_id("embedded", steps=3)
+    assert weights_id("embedded", steps=3, blur=1.0) != weights_id("embedded", steps=3, blur=1.5)
+    assert weights_id("embedded", steps=3, global_chroma=True) != weights_id("embedded", steps=3)
     monkeypatch.setattr(embedded_module, "VERSION", embedded_module.VERSION + 1)  # a changed data recipe
     assert weights_id("embedded", steps=3) != built.info["config_hash"]
     path = tmp_path / "tiny.pt"
@@ -348,3 +351,50 @@ def test_pgd_attack_ends_on_the_radius_where_the_loss_is_linear():
     stepper.adversarial_steps = 1  # FGSM: one step of 1.25 r from the random start, inside the box
     fgsm = stepper._attack(x, None, None, torch.Generator().manual_seed(1))
     assert ((fgsm - x).abs() <= 0.25 + 1e-6).all() and ((fgsm - x) * w.sign() > 0.25 * 0.25 - 1e-6).all()
+
+
+def test_input_filter_global_chroma_by_hand():
+    """Hand computation on a 1x2-pixel image: the channel mean (luma) stays per pixel, the rest
+    (chroma) is replaced by its mean over the image."""
+    from harness.guide.model import InputFilter
+
+    x = torch.tensor([[0.9, 0.3], [0.0, 0.3], [0.0, 0.3]]).view(1, 3, 1, 2)  # a red pixel, a grey one
+    # luma 0.3 and 0.3; chroma (0.6, -0.3, -0.3) and (0, 0, 0), mean (0.3, -0.15, -0.15)
+    expected = torch.tensor([[0.6, 0.6], [0.15, 0.15], [0.15, 0.15]]).view(1, 3, 1, 2)
+    assert torch.allclose(InputFilter(global_chroma=True)(x), expected, atol=1e-6)
+    assert torch.equal(InputFilter()(x), x)
+
+
+def test_input_filter_blur_is_a_gaussian_of_that_standard_deviation():
+    """An impulse comes out as exp(-d^2 / 2 sigma^2), normalised, out to 3 sigma (hand formula)."""
+    from harness.guide.model import InputFilter
+
+    x = torch.zeros(1, 3, 15, 15)
+    x[:, :, 7, 7] = 1.0
+    out = InputFilter(blur=1.0)(x)[0, 0]
+    d = torch.arange(-3, 4, dtype=torch.float32)
+    g = torch.exp(-d ** 2 / 2)
+    g /= g.sum()
+    assert torch.allclose(out[4:11, 4:11], g[:, None] * g[None], atol=1e-6)
+    assert float(out.sum()) == pytest.approx(1.0, abs=1e-5) and float(out[7, 3]) == 0.0  # nothing past 3 sigma
+
+
+def test_a_tower_with_global_chroma_has_a_pixel_gradient_constant_in_colour():
+    """Behind the filter, the image tower's pixel gradient (any score) minus its channel mean is the
+    same at every pixel, so descent on it can shift colour only as a whole; without it, it varies."""
+    from harness.guide.model import create_model, with_input_filter
+
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 64, 64)
+
+    def chroma_gradient(model):
+        xg = x.clone().requires_grad_(True)
+        model.encode_image(xg, normalize=True)[:, 0].sum().backward()
+        return xg.grad - xg.grad.mean(1, keepdim=True)
+
+    plain = chroma_gradient(create_model(TINY_MODEL))
+    assert plain.flatten(2).std(2).max() > 1e-4
+    torch.manual_seed(0)
+    filtered = chroma_gradient(with_input_filter(create_model(TINY_MODEL), blur=1.0, global_chroma=True))
+    assert filtered.abs().max() > 1e-6
+    assert torch.allclose(filtered, filtered[:, :, :1, :1].expand_as(filtered), atol=1e-7)

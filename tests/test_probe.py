@@ -77,9 +77,36 @@ def test_descent_is_not_frozen_by_a_singular_first_gradient():
     the pixels stop after a few lr-sized steps (PSNR gain about 2 dB here, 29 dB for the regular loss); per-image unit gradients
     keep every step lr-sized, so the descent reaches the ground truth as with a regular loss."""
     hazy, clear = pairs()
-    regular = probe(ToTarget(clear), hazy, clear, steps=60, lr=0.01)
-    singular = probe(SingularAtTheInput(clear), hazy, clear, steps=60, lr=0.01)
-    assert singular.psnr_gain > 5 and abs(singular.psnr_gain - regular.psnr_gain) < 0.5
+    for optimiser in ("adam", "gd"):
+        regular = probe(ToTarget(clear), hazy, clear, steps=60, lr=0.01, optimiser=optimiser)
+        singular = probe(SingularAtTheInput(clear), hazy, clear, steps=60, lr=0.01, optimiser=optimiser)
+        assert singular.psnr_gain > 5 and abs(singular.psnr_gain - regular.psnr_gain) < 0.5, optimiser
+
+
+def test_adam_turns_a_global_colour_gradient_into_regional_colour():
+    """A linear loss, ``-sum(w * luma) - sum(c * x)``, whose gradient varies over the image in luma
+    (w) but not in colour (c): steepest descent moves every pixel's colour the same way (by hand:
+    the step is along the fixed gradient), while Adam's per-pixel, per-channel rescaling (about the
+    sign of each gradient component) gives pixels where |w| is small the colour of c's signs and the
+    others none: regional colour from a gradient that has none."""
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(1, 1, 16, 16, generator=g)
+    c = torch.tensor([0.3, -0.1, -0.2]).view(1, 3, 1, 1)
+    hazy = torch.full((1, 3, 16, 16), 0.5)
+
+    def linear(x, inp):
+        return -(w * x.mean(1, keepdim=True)).sum() - (c * x).sum()
+
+    def colour_of_move(optimiser):
+        out, _ = descend(linear, hazy, steps=5, lr=0.01, optimiser=optimiser)
+        move = out - hazy
+        return move - move.mean(1, keepdim=True)
+
+    steepest = colour_of_move("gd")
+    assert steepest.abs().max() > 1e-3
+    assert torch.allclose(steepest, steepest[:, :, :1, :1].expand_as(steepest), atol=1e-6)
+    adam = colour_of_move("adam")
+    assert adam.flatten(2).std(2).min() > 0.005  # each channel's colour varies over the image
 
 
 def test_descent_keeps_pixels_in_range():

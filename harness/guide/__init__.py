@@ -19,38 +19,49 @@ if TYPE_CHECKING:
     from harness.guide.model import Guide
 
 NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
-_LATER_DEFAULTS = {"rank_weight": 0.0, "adversarial_steps": 1, "align_radius": 0.0}  # see _embedded_training
+_LATER_DEFAULTS = {"rank_weight": 0.0, "adversarial_steps": 1, "align_radius": 0.0, "blur": 0.0,
+                   "global_chroma": False}  # see _embedded_training
 
 
 def _embedded_training(tower: str = "vit", pool: int = 2048, noise: float = 0.02, direction_weight: float = 1.0,
                        adversarial: float = 0.25, image_size: int = 32, align_weight: float = 2.0,
-                       rank_weight: float = 0.0, adversarial_steps: int = 1, align_radius: float = 0.0) -> dict:
+                       rank_weight: float = 0.0, adversarial_steps: int = 1, align_radius: float = 0.0,
+                       blur: float = 0.0, global_chroma: bool = False) -> dict:
     """The embedded guide's recipe options as its training settings (what its cache hash covers).
 
-    ``rank_weight``, ``adversarial_steps`` and ``align_radius`` came later: each enters the settings
-    only when it differs from its default, so the default guide keeps the hash it was cached and
-    recorded under."""
+    The options of ``_LATER_DEFAULTS`` came later: each enters the settings only when it differs
+    from its default, so a guide without them keeps the hash it was cached and recorded under."""
     from harness.guide.model import TINY_CONV_MODEL, TINY_MODEL
 
-    later = {"rank_weight": rank_weight, "adversarial_steps": adversarial_steps, "align_radius": align_radius}
+    later = {"rank_weight": rank_weight, "adversarial_steps": adversarial_steps, "align_radius": align_radius,
+             "blur": blur, "global_chroma": global_chroma}
     return dict(model_name=TINY_MODEL if tower == "vit" else TINY_CONV_MODEL, pool=pool, noise=noise,
                 direction_weight=direction_weight, adversarial=adversarial, image_size=image_size,
                 align_weight=align_weight, **{k: v for k, v in later.items() if v != _LATER_DEFAULTS[k]})
 
 
-@GUIDES.register("embedded")
+def _blur_fits(params: dict, context: CheckContext) -> None:
+    if 3 * params["blur"] >= params["image_size"]:
+        raise HarnessError(f"guide.blur {params['blur']:g} is too wide for guide.image_size {params['image_size']} "
+                           f"(at most {(params['image_size'] - 1) / 3:.3g})", "lower guide.blur or raise guide.image_size")
+
+
+@GUIDES.register("embedded", check=_blur_fits)
 def embedded(steps: Annotated[int, Field(ge=1)] = 400, seed: int = 0, cache_dir: Path | None = None, views: int = 1,
              view_scale: float = 0.5, tower: Literal["vit", "conv"] = "vit", pool: Annotated[int, Field(ge=1)] = 2048,
              noise: NonNegative = 0.02, direction_weight: NonNegative = 1.0, adversarial: NonNegative = 0.25,
              image_size: Annotated[int, Field(ge=8)] = 32, align_weight: NonNegative = 2.0,
              rank_weight: NonNegative = 0.0, adversarial_steps: Annotated[int, Field(ge=1)] = 1,
-             align_radius: NonNegative = 0.0):
-    """The harness's own degradation-aware tiny CLIP (trained once, then cached): a ``Guide``."""
+             align_radius: NonNegative = 0.0, blur: NonNegative = 0.0, global_chroma: bool = False):
+    """The harness's own degradation-aware tiny CLIP (trained once, then cached): a ``Guide``.
+    ``blur`` (in guide input pixels) and ``global_chroma``: what its image tower sees
+    (:class:`harness.guide.model.InputFilter`)."""
     from harness.guide.embedded import load_embedded
 
     return load_embedded(steps=steps, seed=seed, cache=cache_dir, views=views, view_scale=view_scale,
                          **_embedded_training(tower, pool, noise, direction_weight, adversarial, image_size,
-                                              align_weight, rank_weight, adversarial_steps, align_radius))
+                                              align_weight, rank_weight, adversarial_steps, align_radius,
+                                              blur, global_chroma))
 
 
 def _weights_resolve(params: dict, context: CheckContext) -> None:

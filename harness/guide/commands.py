@@ -15,8 +15,11 @@ def probe_command(
     recipe: Path = typer.Argument(..., help="YAML recipe whose guide, prompts and benchmarks are probed"),
     benchmark: Optional[str] = typer.Option(None, "--benchmark", help="a paired benchmark's label or type "
                                             "(default: the recipe's first benchmark with ground truth)"),
-    steps: int = typer.Option(50, "--steps", min=0, help="Adam steps of pixel-space H2C descent"),
-    lr: float = typer.Option(0.01, "--lr", min=0.0, help="learning rate of the pixel-space descent"),
+    steps: int = typer.Option(50, "--steps", min=0, help="steps of pixel-space H2C descent"),
+    lr: float = typer.Option(0.01, "--lr", min=0.0, help="step size of the pixel-space descent (gd: root mean "
+                             "square per pixel; adam: its learning rate)"),
+    optimiser: str = typer.Option("gd", "--optimiser", help="gd (steepest descent: where the gradient leads) or "
+                                  "adam (per-pixel rescaled steps, as the issue's first measurements)"),
     images: int = typer.Option(12, "--images", min=1, help="how many benchmark pairs to probe"),
     size: int = typer.Option(128, "--size", min=16, help="side of the central square each image is resized to"),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="recipe override, key.path=value (repeatable)"),
@@ -31,8 +34,13 @@ def probe_command(
     from harness.guide.probe import probe_recipe
     from harness.validate import load_recipe
 
+    from harness.errors import HarnessError
+    from harness.guide.probe import OPTIMISERS
+
+    if optimiser not in OPTIMISERS:
+        raise HarnessError(f"unknown --optimiser {optimiser!r}", f"pass one of: {', '.join(OPTIMISERS)}")
     spec = load_recipe(recipe, set_)
-    result = probe_recipe(spec, benchmark, steps=steps, lr=lr, images=images, size=size)
+    result = probe_recipe(spec, benchmark, steps=steps, lr=lr, images=images, size=size, optimiser=optimiser)
     console = Console()
     g = spec.guide
     table = Table(title=f"H2C loss on {result.benchmark} ({result.images} images, guide {g.type}, mode {g.mode}, "
@@ -43,7 +51,8 @@ def probe_command(
         table.add_row(name, f"{value:.3f}")
     console.print(table)
     d = result.descent
-    descent = Table(title=f"pixel-space H2C descent from the hazy input ({d['steps']} Adam steps, lr {d['lr']:g})")
+    how = "steepest-descent" if d["optimiser"] == "gd" else "Adam"
+    descent = Table(title=f"pixel-space H2C descent from the hazy input ({d['steps']} {how} steps, lr {d['lr']:g})")
     for column in ("", "H2C", "PSNR", "SSIM"):
         descent.add_column(column, justify="right")
     descent.add_row("before", f"{d['loss_before']:.3f}", f"{d['psnr_before']:.2f}", f"{d['ssim_before']:.3f}")

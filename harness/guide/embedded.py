@@ -22,6 +22,8 @@ What makes its gradient lead towards clear images rather than fool the loss (mea
   steps up the clear score lead, as pixel descent does) and the adversarial crops come from PGD
   (``adversarial_steps``); with random views, descent then ends above the input in PSNR but not in
   SSIM (colour speckle), so both stay off;
+- optionally, a fixed input filter in front of the image tower (``blur``, ``global_chroma``, see
+  ``model.InputFilter``): descent then raises PSNR without speckle or blotches (docs/guide.md); off by default;
 - optionally, the H2C loss looks at each image through several random views (``views``, see
   ``h2c.py``); measured, it does not help this guide;
 - optionally (``rank_weight``), the H2C loss itself is trained to rank by closeness to the clean
@@ -45,7 +47,7 @@ import open_clip
 import torch
 
 from harness.engine.strategy import Strategy, current_strategy
-from harness.guide.model import TINY_MODEL, Guide, create_model
+from harness.guide.model import TINY_MODEL, Guide, create_model, with_input_filter
 from harness.guide.model import image_size as input_size
 from harness.guide.pairs import BETA, CAPTION_CLASSES, make_pairs
 from harness.guide.training import train_guide
@@ -66,18 +68,26 @@ def cache_dir(root: Path | None = None) -> Path:
     return base / "guides"
 
 
+def tiny_clip(model_name: str = TINY_MODEL, image_size: int = 64, blur: float = 0.0,
+              global_chroma: bool = False) -> torch.nn.Module:
+    """The embedded guide's untrained model: a tiny open_clip at ``image_size``, its image tower
+    behind an input filter when ``blur`` or ``global_chroma`` ask for one."""
+    return with_input_filter(create_model(model_name, force_image_size=image_size), blur, global_chroma)
+
+
 def train_embedded(steps: int, seed: int, state_path: Path, batch_size: int = 64, pool: int = 2048,
                    lr: float = 5e-4, noise: float = 0.02, model_name: str = TINY_MODEL, progress=None,
-                   strategy: Strategy | None = None, image_size: int = 64,
-                   **objective) -> tuple[torch.nn.Module, dict]:
+                   strategy: Strategy | None = None, image_size: int = 64, blur: float = 0.0,
+                   global_chroma: bool = False, **objective) -> tuple[torch.nn.Module, dict]:
     """Train the tiny CLIP from scratch on captioned degraded crops; returns (model, training summary).
-    ``objective``: the loss options of :class:`harness.guide.training.GuideStepper`.
+    ``blur``, ``global_chroma``: its image tower's input filter (:func:`tiny_clip`); ``objective``: the
+    loss options of :class:`harness.guide.training.GuideStepper`.
 
     One process trains it (the others of a torchrun wait on the cache's lock), so by default on this
     process's device alone, never with the run's DDP/DeepSpeed strategy."""
     strategy = strategy or Strategy(current_strategy().device)
     torch.manual_seed(seed)
-    model = create_model(model_name, force_image_size=image_size)
+    model = tiny_clip(model_name, image_size, blur, global_chroma)
     data = make_pairs(pool, image_size, seed)
     result = train_guide(model, open_clip.get_tokenizer(model_name), data, steps=steps, lr=lr,
                          batch_size=batch_size, noise=noise, seed=seed, state_path=state_path,
@@ -106,7 +116,8 @@ def load_embedded(steps: int = 600, seed: int = 0, cache: Path | None = None, pr
     path = cache_dir(cache) / f"{key}.safetensors"
     with file_lock(path.with_name(f".{key}.lock")):  # torchrun ranks: one trains, the others wait and load
         if weights_ready(path):
-            model = create_model(model_name, force_image_size=training.get("image_size", 64))
+            model = tiny_clip(model_name, training.get("image_size", 64), training.get("blur", 0.0),
+                              training.get("global_chroma", False))
             summary = load_weights(path, model)
         else:
             state = path.with_name(f".{key}.state.pt")

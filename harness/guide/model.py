@@ -118,6 +118,48 @@ class Guide:
         return dict(self.info)
 
 
+class InputFilter(nn.Module):
+    """What an image tower sees of its (normalised) input: a Gaussian low-pass of side ``blur``
+    (standard deviation in input pixels; 0: none) and, with ``global_chroma``, each image's colour
+    only as a whole: the input minus its channel mean (chroma) replaced by its spatial mean.
+
+    Why: pixel-space descent on a tower that sees every pixel paints colour speckle at the tower's
+    pixel grid, and one that sees regional colour paints colour blotches (measured, docs/guide.md).
+    A fixed filter in front of the tower makes its pixel gradient smooth in luma and constant in
+    chroma, so what can fool it is left to what training covers (casts are captioned negatives).
+    Stateless, so weights files keep open_clip's keys."""
+
+    def __init__(self, blur: float = 0.0, global_chroma: bool = False):
+        super().__init__()
+        self.blur, self.global_chroma = float(blur), bool(global_chroma)
+
+    def _low_pass(self, x: torch.Tensor) -> torch.Tensor:
+        if self.blur <= 0:
+            return x
+        from torchvision.transforms.v2.functional import gaussian_blur
+
+        side = 2 * round(3 * self.blur) + 1
+        return gaussian_blur(x, [side, side], [self.blur, self.blur])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.global_chroma:
+            return self._low_pass(x)
+        luma = x.mean(1, keepdim=True)
+        return self._low_pass(luma) + (x - luma).mean((2, 3), keepdim=True)
+
+    def extra_repr(self) -> str:
+        return f"blur={self.blur:g}, global_chroma={self.global_chroma}"
+
+
+def with_input_filter(model: nn.Module, blur: float = 0.0, global_chroma: bool = False) -> nn.Module:
+    """``model`` (open_clip) with an :class:`InputFilter` applied to every input of its image tower
+    (``model.visual.input_filter``, run by a forward pre-hook); unchanged when the filter does nothing."""
+    if blur > 0 or global_chroma:
+        model.visual.input_filter = InputFilter(blur, global_chroma)
+        model.visual.register_forward_pre_hook(lambda tower, args: (tower.input_filter(args[0]), *args[1:]))
+    return model
+
+
 def create_model(name: str, pretrained: str | None = None, **options) -> nn.Module:
     """``open_clip.create_model`` without its root-logger warning about random initialisation."""
     root = logging.getLogger()

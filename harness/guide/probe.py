@@ -6,10 +6,17 @@ Two measurements per benchmark (``probe``):
   contrast stretch, a global colour cast, an orange monochrome: the collapse the old embedded guide
   rewarded). A guide worth using scores the ground truth far below 1 and the cast and the
   monochrome above the contrast stretch;
-- pixel-space descent: ``steps`` Adam steps on the pixels of the hazy input, minimising H2C, then
+- pixel-space descent: ``steps`` steps on the pixels of the hazy input, minimising H2C, then
   PSNR/SSIM to the ground truth before and after, and how far the colours moved (mean CIELAB a*/b*
   shift), and the cosine between the first descent step and the way to the ground truth. A guide
   whose descent lowers PSNR is being fooled (adversarial changes), not followed.
+
+The descent is steepest descent by default (``gd``: each step moves each image along its own
+gradient, by ``lr`` per pixel in root mean square), which goes where the guide's gradient leads.
+``adam`` (what the issue's first measurements used) rescales every pixel and channel separately,
+about to the sign of its gradient: pixels the guide hardly cares about take full steps, and a
+gradient that shifts colour only as a whole comes out as regional colour blotches
+(``tests/test_probe.py::test_adam_turns_a_global_colour_gradient_into_regional_colour``).
 """
 
 from __future__ import annotations
@@ -62,15 +69,23 @@ def gradient_alignment(loss_fn, hazy: torch.Tensor, clear: torch.Tensor) -> floa
     return float(torch.nn.functional.cosine_similarity(-grad.flatten(1), (clear - hazy).flatten(1), dim=1).mean())
 
 
-def descend(loss_fn, hazy: torch.Tensor, steps: int, lr: float) -> tuple[torch.Tensor, list[float]]:
-    """``steps`` Adam steps of ``loss_fn(x, hazy)`` on the pixels ``x`` (from ``hazy``, kept in [0, 1]).
+OPTIMISERS = ("gd", "adam")
+
+
+def descend(loss_fn, hazy: torch.Tensor, steps: int, lr: float, optimiser: str = "gd"
+            ) -> tuple[torch.Tensor, list[float]]:
+    """``steps`` steps of ``loss_fn(x, hazy)`` on the pixels ``x`` (from ``hazy``, kept in [0, 1]), by
+    steepest descent (``gd``: ``lr`` root-mean-square per pixel and step) or by Adam (``adam``: ``lr``).
 
     Each step's gradient is scaled to unit norm per image first. H2C's cosine is singular at the
     input (``x == hazy``): its first gradient is about 1e7 times the later ones, and unscaled it would
     fill Adam's moment estimates so that every later step replays the first one's signs (measured:
     50 steps then end where about 5 sign steps along the first gradient do, whatever the loss)."""
+    if optimiser not in OPTIMISERS:
+        raise ValueError(f"unknown descent optimiser {optimiser!r}")
     x = hazy.clone().requires_grad_(True)
-    opt = torch.optim.Adam([x], lr=lr)
+    per_image = x[0].numel() ** 0.5  # a unit-norm step is 1/sqrt(n) per pixel in root mean square
+    opt = torch.optim.Adam([x], lr=lr) if optimiser == "adam" else torch.optim.SGD([x], lr=lr * per_image)
     curve = []
     for _ in range(steps):
         loss = loss_fn(x, hazy)
@@ -118,7 +133,7 @@ def _mean_metric(metric, images: torch.Tensor, clear: torch.Tensor) -> float:
 
 
 def probe(loss_fn, hazy: torch.Tensor, clear: torch.Tensor, benchmark: str = "", steps: int = 50,
-          lr: float = 0.01, seed: int = 0, evaluations: int = 4) -> ProbeResult:
+          lr: float = 0.01, seed: int = 0, evaluations: int = 4, optimiser: str = "gd") -> ProbeResult:
     """Probe ``loss_fn`` (an H2C loss) on same-sized NCHW batches ``hazy`` and ``clear``.
 
     Losses of the edits average ``evaluations`` draws of the guide's random views (one draw for a
@@ -134,10 +149,10 @@ def probe(loss_fn, hazy: torch.Tensor, clear: torch.Tensor, benchmark: str = "",
             h2c = {name: float(np.mean([loss_fn(edit(name, hazy, clear), hazy).item() for _ in range(repeats)]))
                    for name in EDITS}
         alignment = gradient_alignment(loss_fn, hazy, clear)
-        out, curve = descend(loss_fn, hazy, steps, lr)
+        out, curve = descend(loss_fn, hazy, steps, lr, optimiser)
     shift = np.linalg.norm(lab_ab(out) - lab_ab(hazy), axis=1).mean()
     truth_shift = np.linalg.norm(lab_ab(clear) - lab_ab(hazy), axis=1).mean()
-    descent = {"steps": steps, "lr": lr, "loss_before": h2c["input"], "loss_after": curve[-1] if curve else h2c["input"],
+    descent = {"steps": steps, "lr": lr, "optimiser": optimiser, "loss_before": h2c["input"], "loss_after": curve[-1] if curve else h2c["input"],
                "psnr_before": _mean_metric(psnr, hazy, clear), "psnr_after": _mean_metric(psnr, out, clear),
                "ssim_before": _mean_metric(ssim, hazy, clear), "ssim_after": _mean_metric(ssim, out, clear),
                "lab_shift": float(shift), "lab_shift_ground_truth": float(truth_shift),
@@ -168,7 +183,7 @@ def benchmark_batch(dataset, count: int, size: int) -> tuple[torch.Tensor, torch
 
 
 def probe_recipe(recipe, benchmark: str | None = None, steps: int = 50, lr: float = 0.01, images: int = 12,
-                 size: int = 128, seed: int = 0) -> ProbeResult:
+                 size: int = 128, seed: int = 0, optimiser: str = "gd") -> ProbeResult:
     """Probe the recipe's guide and prompts on one of its paired benchmarks (default: the first)."""
     from harness.errors import HarnessError
     from harness.guide import build_guide
@@ -190,4 +205,4 @@ def probe_recipe(recipe, benchmark: str | None = None, steps: int = 50, lr: floa
     g = recipe.guide
     loss = H2CLoss(build_guide(g.type, **g.params), **g.h2c())
     hazy, clear = benchmark_batch(dataset, images, size)
-    return probe(loss, hazy, clear, benchmark=entry.name, steps=steps, lr=lr, seed=seed)
+    return probe(loss, hazy, clear, benchmark=entry.name, steps=steps, lr=lr, seed=seed, optimiser=optimiser)
