@@ -398,3 +398,16 @@ def test_a_tower_with_global_chroma_has_a_pixel_gradient_constant_in_colour():
     filtered = chroma_gradient(with_input_filter(create_model(TINY_MODEL), blur=1.0, global_chroma=True))
     assert filtered.abs().max() > 1e-6
     assert torch.allclose(filtered, filtered[:, :, :1, :1].expand_as(filtered), atol=1e-7)
+
+
+def test_a_cached_filtered_guide_loads_with_its_filter(tmp_path):
+    """The cache holds weights only; loading must put the input filter back, or the loaded guide
+    would see other inputs than the one trained (its embeddings would differ)."""
+    first = build_guide("embedded", steps=2, cache_dir=tmp_path, blur=1.0, global_chroma=True)
+    second = build_guide("embedded", steps=2, cache_dir=tmp_path, blur=1.0, global_chroma=True)
+    x = torch.rand(2, 3, 64, 64)
+    assert torch.allclose(first.encode_image(x), second.encode_image(x), atol=1e-6)
+    unfiltered = second.model.visual.input_filter
+    second.model.visual.input_filter = torch.nn.Identity()
+    assert not torch.allclose(first.encode_image(x), second.encode_image(x), atol=1e-4)
+    second.model.visual.input_filter = unfiltered

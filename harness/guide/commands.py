@@ -31,11 +31,9 @@ def probe_command(
     from rich.console import Console
     from rich.table import Table
 
-    from harness.guide.probe import probe_recipe
-    from harness.validate import load_recipe
-
     from harness.errors import HarnessError
-    from harness.guide.probe import OPTIMISERS
+    from harness.guide.probe import OPTIMISERS, probe_recipe
+    from harness.validate import load_recipe
 
     if optimiser not in OPTIMISERS:
         raise HarnessError(f"unknown --optimiser {optimiser!r}", f"pass one of: {', '.join(OPTIMISERS)}")

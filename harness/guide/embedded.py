@@ -116,8 +116,8 @@ def load_embedded(steps: int = 600, seed: int = 0, cache: Path | None = None, pr
     path = cache_dir(cache) / f"{key}.safetensors"
     with file_lock(path.with_name(f".{key}.lock")):  # torchrun ranks: one trains, the others wait and load
         if weights_ready(path):
-            model = tiny_clip(model_name, training.get("image_size", 64), training.get("blur", 0.0),
-                              training.get("global_chroma", False))
+            model = tiny_clip(model_name, **{k: training[k] for k in ("image_size", "blur", "global_chroma")
+                                             if k in training})
             summary = load_weights(path, model)
         else:
             state = path.with_name(f".{key}.state.pt")

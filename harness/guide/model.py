@@ -119,8 +119,8 @@ class Guide:
 
 
 class InputFilter(nn.Module):
-    """What an image tower sees of its (normalised) input: a Gaussian low-pass of side ``blur``
-    (standard deviation in input pixels; 0: none) and, with ``global_chroma``, each image's colour
+    """What an image tower sees of its (normalised) input: a Gaussian low-pass whose standard
+    deviation is ``blur`` input pixels (0: none) and, with ``global_chroma``, each image's colour
     only as a whole: the input minus its channel mean (chroma) replaced by its spatial mean.
 
     Why: pixel-space descent on a tower that sees every pixel paints colour speckle at the tower's
