@@ -298,6 +298,8 @@ def test_weights_id_names_the_weights_a_built_guide_has(tmp_path, guide, monkeyp
     assert weights_id("embedded", steps=3, blur=0.0, global_chroma=False) == weights_id("embedded", steps=3)
     assert weights_id("embedded", steps=3, blur=1.0) != weights_id("embedded", steps=3, blur=1.5)
     assert weights_id("embedded", steps=3, global_chroma=True) != weights_id("embedded", steps=3)
+    assert weights_id("embedded", steps=3, cast_weight=0.0) == weights_id("embedded", steps=3)
+    assert weights_id("embedded", steps=3, cast_weight=1.0) != weights_id("embedded", steps=3)
     monkeypatch.setattr(embedded_module, "VERSION", embedded_module.VERSION + 1)  # a changed data recipe
     assert weights_id("embedded", steps=3) != built.info["config_hash"]
     path = tmp_path / "tiny.pt"
@@ -331,6 +333,29 @@ def test_imperfect_versions_of_a_constant_grey_crop_by_hand():
             assert float(gains.mean()) == pytest.approx(1.0, abs=1e-5) and float(gains.std()) > 0
             kinds.add("cast")
     assert kinds == {"identity", "gamma", "checkerboard", "cast"}
+
+
+def test_recoloured_crops_by_hand():
+    """Each recoloured crop of a two-colour image is either the image times per-channel gains in
+    [0.4, 1.6]/mean with mean 1 (the ratio of the two pixels kept in every channel), or its luma
+    times a tint with mean 1 (both pixels of one hue)."""
+    from harness.guide.training import _recoloured
+
+    image = torch.tensor([[0.1, 0.4, 0.2], [0.45, 0.2, 0.3]]).T.reshape(1, 3, 1, 2).repeat(200, 1, 1, 1)  # no clipping
+    out = _recoloured(image, torch.Generator().manual_seed(0))
+    luma = (image[0] * torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)).sum(0).flatten()
+    kinds = set()
+    for o in out:
+        first, second = o[:, 0, 0], o[:, 0, 1]
+        if torch.allclose(first / luma[0], second / luma[1], atol=1e-5):  # one hue: a tinted monochrome
+            assert float((first / luma[0]).mean()) == pytest.approx(1.0, abs=1e-5)
+            kinds.add("monochrome")
+        else:
+            gains = first / image[0, :, 0, 0]
+            assert torch.allclose(second, image[0, :, 0, 1] * gains, atol=1e-5)
+            assert float(gains.mean()) == pytest.approx(1.0, abs=1e-5) and float(gains.std()) > 0.01
+            kinds.add("cast")
+    assert kinds == {"monochrome", "cast"}
 
 
 def test_pgd_attack_ends_on_the_radius_where_the_loss_is_linear():

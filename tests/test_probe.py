@@ -46,6 +46,26 @@ def test_probe_reports_psnr_gain_for_a_loss_that_leads_to_the_ground_truth_and_l
     assert len(good.curve) == 30 and good.curve[-1] < good.curve[0]
 
 
+def test_descent_from_a_model_output_starts_there():
+    """Probing from a model's outputs (``start``): a loss that pulls towards the hazy input, started
+    from the ground truth brightened by 0.1 (PSNR 20 dB by hand), loses PSNR and scores its start
+    clearer than the truth; from the hazy input itself it does not move at all."""
+    hazy, clear = pairs()
+    clear = 0.2 + 0.6 * clear
+    hazy = 0.5 * clear + 0.4
+    start = clear + 0.1
+    result = probe(ToTarget(hazy), hazy, clear, steps=30, lr=0.02, start=start)
+    d = result.descent
+    assert d["start"] == "model output" and d["psnr_before"] == pytest.approx(20.0, abs=1e-3)
+    assert result.h2c["model output"] == pytest.approx(float(F.mse_loss(start, hazy)), rel=1e-5)
+    assert result.start_beats_truth and result.psnr_gain < -1 and result.verdict() == "is fooled (PSNR falls)"
+    way = F.cosine_similarity((hazy - start).flatten(1), (clear - start).flatten(1), dim=1).mean()
+    assert d["gradient_alignment"] == pytest.approx(float(way), abs=1e-5)
+    from_input = probe(ToTarget(hazy), hazy, clear, steps=30, lr=0.02)
+    assert from_input.descent["start"] == "input" and "model output" not in from_input.h2c
+    assert from_input.psnr_gain == pytest.approx(0.0, abs=1e-6) and from_input.start_beats_truth  # 0 < 0.03
+
+
 def test_edits_by_hand():
     hazy = torch.tensor([0.1, 0.3, 0.5, 0.7]).view(1, 1, 2, 2).repeat(1, 3, 1, 1)
     stretched = edit("contrast stretch", hazy, hazy)
@@ -161,6 +181,13 @@ def test_probe_command_needs_a_paired_benchmark(tmp_path, shared_data):
     assert proc.returncode == 2 and len(lines) == 1 and "no ground truth" in lines[0], proc.stderr
     proc = _cli("guide", "probe", str(path), "--benchmark", "nope", cwd=os.getcwd())
     assert proc.returncode == 2 and "no benchmark named 'nope'" in proc.stderr and "real" in proc.stderr
+
+
+def test_probe_command_names_a_missing_checkpoint(tmp_path):
+    proc = _cli("guide", "probe", "recipes/quickstart.yaml", "--checkpoint", str(tmp_path / "none.safetensors"),
+                cwd=os.getcwd())
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and "none.safetensors not found" in lines[0], proc.stderr
 
 
 @pytest.fixture

@@ -22,6 +22,9 @@ def probe_command(
                                   "adam (per-pixel rescaled steps, as the issue's first measurements)"),
     images: int = typer.Option(12, "--images", min=1, help="how many benchmark pairs to probe"),
     size: int = typer.Option(128, "--size", min=16, help="side of the central square each image is resized to"),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="a model file written by `harness run` "
+                                              "(RUN_DIR/pretrained/<id>/model.safetensors): descend from its "
+                                              "outputs, where adapting it starts, instead of from the hazy input"),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="recipe override, key.path=value (repeatable)"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="also write the figures to this JSON file"),
 ) -> None:
@@ -38,7 +41,8 @@ def probe_command(
     if optimiser not in OPTIMISERS:
         raise HarnessError(f"unknown --optimiser {optimiser!r}", f"pass one of: {', '.join(OPTIMISERS)}")
     spec = load_recipe(recipe, set_)
-    result = probe_recipe(spec, benchmark, steps=steps, lr=lr, images=images, size=size, optimiser=optimiser)
+    result = probe_recipe(spec, benchmark, steps=steps, lr=lr, images=images, size=size, optimiser=optimiser,
+                          checkpoint=checkpoint)
     console = Console()
     g = spec.guide
     table = Table(title=f"H2C loss on {result.benchmark} ({result.images} images, guide {g.type}, mode {g.mode}, "
@@ -50,7 +54,8 @@ def probe_command(
     console.print(table)
     d = result.descent
     how = "steepest-descent" if d["optimiser"] == "gd" else "Adam"
-    descent = Table(title=f"pixel-space H2C descent from the hazy input ({d['steps']} {how} steps, lr {d['lr']:g})")
+    begin = "the hazy input" if d["start"] == "input" else f"the outputs of {checkpoint}"
+    descent = Table(title=f"pixel-space H2C descent from {begin} ({d['steps']} {how} steps, lr {d['lr']:g})")
     for column in ("", "H2C", "PSNR", "SSIM"):
         descent.add_column(column, justify="right")
     descent.add_row("before", f"{d['loss_before']:.3f}", f"{d['psnr_before']:.2f}", f"{d['ssim_before']:.3f}")
@@ -59,6 +64,10 @@ def probe_command(
     console.print(f"first step towards the ground truth: cos {d['gradient_alignment']:+.3f}; mean CIELAB a*b* shift "
                   f"{d['lab_shift']:.1f} (ground truth: {d['lab_shift_ground_truth']:.1f}); "
                   f"PSNR {result.psnr_gain:+.2f} dB, SSIM {result.ssim_gain:+.3f}: the guide {result.verdict()}")
+    if result.start_beats_truth:
+        console.print(f"warning: the guide scores the {d['start']} clearer than the ground truth "
+                      f"({result.h2c[d['start']]:.3f} < {result.h2c['ground truth']:.3f}), so its gradient there "
+                      "leads away from the truth")
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(asdict(result), indent=1))

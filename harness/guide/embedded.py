@@ -23,13 +23,17 @@ What makes its gradient lead towards clear images rather than fool the loss (mea
   (``adversarial_steps``); with random views, descent then ends above the input in PSNR but not in
   SSIM (colour speckle), so both stay off;
 - optionally, a fixed input filter in front of the image tower (``blur``, ``global_chroma``, see
-  ``model.InputFilter``): descent then raises PSNR without speckle or blotches (docs/guide.md); off by default;
+  ``model.InputFilter``): descent from the hazy input then raises PSNR without speckle or blotches,
+  but adaptation gains less than with the default (docs/guide.md); off by default;
 - optionally, the H2C loss looks at each image through several random views (``views``, see
   ``h2c.py``); measured, it does not help this guide;
 - optionally (``rank_weight``), the H2C loss itself is trained to rank by closeness to the clean
   crop (points on the line from hazy to clean, and the clean crop against versions of it missed the
   way a dehazer misses it): the cosine ignores how far an output moved, and this makes adaptation
-  keep removing haze when the target set grows (docs/guide.md); off by default.
+  keep removing haze when the target set grows (docs/guide.md); off by default;
+- optionally (``cast_weight``), the H2C loss is trained to score a hazy crop's clean crop above the
+  hazy crop recoloured (a strong cast or a tinted monochrome); measured, it does not stop casts
+  winning on the dev set (docs/guide.md); off by default.
 
 Training runs on the engine (:class:`harness.engine.loop.TrainLoop`): seeded, resumable, a few
 minutes on two CPU cores, then cached as safetensors keyed by a hash of its configuration.

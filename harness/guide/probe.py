@@ -9,7 +9,10 @@ Two measurements per benchmark (``probe``):
 - pixel-space descent: ``steps`` steps on the pixels of the hazy input, minimising H2C, then
   PSNR/SSIM to the ground truth before and after, and how far the colours moved (mean CIELAB a*/b*
   shift), and the cosine between the first descent step and the way to the ground truth. A guide
-  whose descent lowers PSNR is being fooled (adversarial changes), not followed.
+  whose descent lowers PSNR is being fooled (adversarial changes), not followed. From a model's
+  outputs (``start``; ``harness guide probe --checkpoint``) the descent shows where adapting that
+  model will be led: H2C's cosine rewards the direction an output moved, so a guide can score a
+  partial dehaze clearer than the ground truth and lead away from the truth from there.
 
 The descent is steepest descent by default (``gd``: each step moves each image along its own
 gradient, by ``lr`` per pixel in root mean square), which goes where the guide's gradient leads.
@@ -29,6 +32,7 @@ import torch
 from harness.engine.loop import rng_state_kept
 
 EDITS = ("ground truth", "input", "noise", "contrast stretch", "colour cast", "orange monochrome")
+MODEL_OUTPUT = "model output"  # the descent's start when probing from a model's outputs
 _LUMA = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
 
 
@@ -61,21 +65,23 @@ def lab_ab(images: torch.Tensor) -> np.ndarray:
                      for x in images.detach().cpu()])
 
 
-def gradient_alignment(loss_fn, hazy: torch.Tensor, clear: torch.Tensor) -> float:
-    """Mean cosine between the loss's descent direction at the hazy input and ``clear - hazy``
-    (1: the first step heads straight for the ground truth, 0: unrelated, < 0: away from it)."""
-    x = hazy.clone().requires_grad_(True)
+def gradient_alignment(loss_fn, hazy: torch.Tensor, clear: torch.Tensor, start: torch.Tensor | None = None) -> float:
+    """Mean cosine between the loss's descent direction at ``start`` (default: the hazy input) and
+    ``clear - start`` (1: the first step heads straight for the ground truth, 0: unrelated, < 0: away)."""
+    start = hazy if start is None else start
+    x = start.clone().requires_grad_(True)
     (grad,) = torch.autograd.grad(loss_fn(x, hazy), x)
-    return float(torch.nn.functional.cosine_similarity(-grad.flatten(1), (clear - hazy).flatten(1), dim=1).mean())
+    return float(torch.nn.functional.cosine_similarity(-grad.flatten(1), (clear - start).flatten(1), dim=1).mean())
 
 
 OPTIMISERS = ("gd", "adam")
 
 
-def descend(loss_fn, hazy: torch.Tensor, steps: int, lr: float, optimiser: str = "gd"
-            ) -> tuple[torch.Tensor, list[float]]:
-    """``steps`` steps of ``loss_fn(x, hazy)`` on the pixels ``x`` (from ``hazy``, kept in [0, 1]), by
-    steepest descent (``gd``: ``lr`` root-mean-square per pixel and step) or by Adam (``adam``: ``lr``).
+def descend(loss_fn, hazy: torch.Tensor, steps: int, lr: float, optimiser: str = "gd",
+            start: torch.Tensor | None = None) -> tuple[torch.Tensor, list[float]]:
+    """``steps`` steps of ``loss_fn(x, hazy)`` on the pixels ``x`` (from ``start``, default ``hazy``;
+    kept in [0, 1]), by steepest descent (``gd``: ``lr`` root-mean-square per pixel and step) or by
+    Adam (``adam``: ``lr``).
 
     Each step's gradient is scaled to unit norm per image first. H2C's cosine is singular at the
     input (``x == hazy``): its first gradient is about 1e7 times the later ones, and unscaled it would
@@ -83,7 +89,7 @@ def descend(loss_fn, hazy: torch.Tensor, steps: int, lr: float, optimiser: str =
     50 steps then end where about 5 sign steps along the first gradient do, whatever the loss)."""
     if optimiser not in OPTIMISERS:
         raise ValueError(f"unknown descent optimiser {optimiser!r}")
-    x = hazy.clone().requires_grad_(True)
+    x = (hazy if start is None else start).clone().requires_grad_(True)
     per_image = x[0].numel() ** 0.5  # a unit-norm step is 1/sqrt(n) per pixel in root mean square
     opt = torch.optim.Adam([x], lr=lr) if optimiser == "adam" else torch.optim.SGD([x], lr=lr * per_image)
     curve = []
@@ -116,6 +122,12 @@ class ProbeResult:
     def ssim_gain(self) -> float:
         return self.descent["ssim_after"] - self.descent["ssim_before"]
 
+    @property
+    def start_beats_truth(self) -> bool:
+        """The guide scores the descent's start clearer than the ground truth, so from there its
+        gradient leads away from the truth (for a model's outputs: adapting that model will)."""
+        return self.h2c[self.descent["start"]] < self.h2c["ground truth"]
+
     def verdict(self) -> str:
         """What the descent says about the guide. PSNR alone is not enough: a descent that darkens the
         haze away under a colour cast and speckle raises PSNR while SSIM falls (measured, docs/guide.md)."""
@@ -133,9 +145,12 @@ def _mean_metric(metric, images: torch.Tensor, clear: torch.Tensor) -> float:
 
 
 def probe(loss_fn, hazy: torch.Tensor, clear: torch.Tensor, benchmark: str = "", steps: int = 50,
-          lr: float = 0.01, seed: int = 0, evaluations: int = 4, optimiser: str = "gd") -> ProbeResult:
+          lr: float = 0.01, seed: int = 0, evaluations: int = 4, optimiser: str = "gd",
+          start: torch.Tensor | None = None) -> ProbeResult:
     """Probe ``loss_fn`` (an H2C loss) on same-sized NCHW batches ``hazy`` and ``clear``.
 
+    ``start``: where the descent begins (default: the hazy input), e.g. a pretrained model's outputs,
+    which is where adaptation begins; its H2C loss is then reported as the edit "model output".
     Losses of the edits average ``evaluations`` draws of the guide's random views (one draw for a
     guide with a single view); everything is seeded by ``seed`` and leaves torch's RNG as it was.
     """
@@ -146,15 +161,19 @@ def probe(loss_fn, hazy: torch.Tensor, clear: torch.Tensor, benchmark: str = "",
     with rng_state_kept():
         torch.manual_seed(seed)
         with torch.no_grad():
-            h2c = {name: float(np.mean([loss_fn(edit(name, hazy, clear), hazy).item() for _ in range(repeats)]))
-                   for name in EDITS}
-        alignment = gradient_alignment(loss_fn, hazy, clear)
-        out, curve = descend(loss_fn, hazy, steps, lr, optimiser)
+            images = {name: edit(name, hazy, clear) for name in EDITS}
+            if start is not None:
+                images[MODEL_OUTPUT] = start
+            h2c = {name: float(np.mean([loss_fn(x, hazy).item() for _ in range(repeats)])) for name, x in images.items()}
+        begin = "input" if start is None else MODEL_OUTPUT
+        alignment = gradient_alignment(loss_fn, hazy, clear, start)
+        out, curve = descend(loss_fn, hazy, steps, lr, optimiser, start)
     shift = np.linalg.norm(lab_ab(out) - lab_ab(hazy), axis=1).mean()
     truth_shift = np.linalg.norm(lab_ab(clear) - lab_ab(hazy), axis=1).mean()
-    descent = {"steps": steps, "lr": lr, "optimiser": optimiser, "loss_before": h2c["input"], "loss_after": curve[-1] if curve else h2c["input"],
-               "psnr_before": _mean_metric(psnr, hazy, clear), "psnr_after": _mean_metric(psnr, out, clear),
-               "ssim_before": _mean_metric(ssim, hazy, clear), "ssim_after": _mean_metric(ssim, out, clear),
+    descent = {"start": begin, "steps": steps, "lr": lr, "optimiser": optimiser, "loss_before": h2c[begin],
+               "loss_after": curve[-1] if curve else h2c[begin],
+               "psnr_before": _mean_metric(psnr, images[begin], clear), "psnr_after": _mean_metric(psnr, out, clear),
+               "ssim_before": _mean_metric(ssim, images[begin], clear), "ssim_after": _mean_metric(ssim, out, clear),
                "lab_shift": float(shift), "lab_shift_ground_truth": float(truth_shift),
                "gradient_alignment": alignment}
     return ProbeResult(benchmark, len(hazy), h2c, descent, curve)
@@ -183,8 +202,10 @@ def benchmark_batch(dataset, count: int, size: int) -> tuple[torch.Tensor, torch
 
 
 def probe_recipe(recipe, benchmark: str | None = None, steps: int = 50, lr: float = 0.01, images: int = 12,
-                 size: int = 128, seed: int = 0, optimiser: str = "gd") -> ProbeResult:
-    """Probe the recipe's guide and prompts on one of its paired benchmarks (default: the first)."""
+                 size: int = 128, seed: int = 0, optimiser: str = "gd", checkpoint=None) -> ProbeResult:
+    """Probe the recipe's guide and prompts on one of its paired benchmarks (default: the first);
+    with ``checkpoint`` (a model file), the descent starts from that model's outputs."""
+    from harness.dehaze import load_checkpoint
     from harness.errors import HarnessError
     from harness.guide import build_guide
     from harness.guide.h2c import H2CLoss
@@ -202,7 +223,11 @@ def probe_recipe(recipe, benchmark: str | None = None, steps: int = 50, lr: floa
     else:
         raise HarnessError(f"benchmark {entries[0].name!r} has no ground truth, and probing needs pairs",
                            "pass --benchmark a paired set (e.g. a synthetic one), or add one to the recipe")
+    model = None if checkpoint is None else load_checkpoint(checkpoint)[0]  # before the guide: fails fast
     g = recipe.guide
     loss = H2CLoss(build_guide(g.type, **g.params), **g.h2c())
     hazy, clear = benchmark_batch(dataset, images, size)
-    return probe(loss, hazy, clear, benchmark=entry.name, steps=steps, lr=lr, seed=seed, optimiser=optimiser)
+    with torch.no_grad():
+        start = None if model is None else model(hazy).clamp(0, 1)
+    return probe(loss, hazy, clear, benchmark=entry.name, steps=steps, lr=lr, seed=seed, optimiser=optimiser,
+                 start=start)

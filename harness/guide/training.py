@@ -36,8 +36,9 @@ class GuideStepper:
                  steps: int, lr: float, batch_size: int, noise: float, strategy: Strategy,
                  weight_decay: float = 0.05, direction_weight: float = 1.0, adversarial: float = 0.0,
                  align_weight: float = 0.0, rank_weight: float = 0.0, adversarial_steps: int = 1,
-                 align_radius: float = 0.0):
+                 align_radius: float = 0.0, cast_weight: float = 0.0):
         self.data = data
+        self.cast_weight = cast_weight
         self.adversarial_steps, self.align_radius = adversarial_steps, align_radius
         self.batch_size, self.noise, self.strategy = batch_size, noise, strategy
         self.direction_weight, self.adversarial, self.align_weight = direction_weight, adversarial, align_weight
@@ -83,6 +84,8 @@ class GuideStepper:
         loss = self._loss(self.trained.module, x, y, text)
         if self.rank_weight > 0:
             loss = loss + self.rank_weight * self._ranking(x, y, clean, text, rng)
+        if self.cast_weight > 0:
+            loss = loss + self.cast_weight * self._casts(x, y, clean, text, rng)
         self.trained.backward(loss)
         info = {"loss": loss.item()}
         if self.align_weight > 0:
@@ -157,19 +160,34 @@ class GuideStepper:
         a = (torch.rand(2, n, 1, 1, 1, generator=rng) * 1.6 - 0.6).to(device)
         first_nearer = a[0].abs() <= a[1].abs()
         near, far = torch.where(first_nearer, a[0], a[1]), torch.where(first_nearer, a[1], a[0])
-        batch = torch.cat([h, (c + near * (h - c)).clamp(0, 1), (c + far * (h - c)).clamp(0, 1), c, _imperfect(c, rng)])
-        model = self.trained.model  # the guide trains on one device (see embedded.train_embedded)
-        e_in, e_near, e_far, e_clean, e_imperfect = model.encode_image((batch - self.mean) / self.std,
-                                                                       normalize=True).split(n)
-        text_emb = model.encode_text(text, normalize=True)
-        direction = F.normalize(text_emb[self.clear_index][None] - text_emb[self.prompt_of[y[hazy]]], dim=-1)
-
-        def h2c(e: torch.Tensor) -> torch.Tensor:
-            return 1 - F.cosine_similarity(e - e_in, direction, dim=-1)
-
-        line = F.relu(h2c(e_near) - h2c(e_far) + 0.2 * (far.abs() - near.abs()).flatten())
-        truth = F.relu(h2c(e_clean) - h2c(e_imperfect) + 0.1)
+        h2c_near, h2c_far, h2c_clean, h2c_imperfect = self._h2c(
+            y[hazy], text, h, (c + near * (h - c)).clamp(0, 1), (c + far * (h - c)).clamp(0, 1), c, _imperfect(c, rng))
+        line = F.relu(h2c_near - h2c_far + 0.2 * (far.abs() - near.abs()).flatten())
+        truth = F.relu(h2c_clean - h2c_imperfect + 0.1)
         return line.mean() + truth.mean()
+
+    def _casts(self, x: torch.Tensor, y: torch.Tensor, clean: torch.Tensor, text: torch.Tensor,
+               rng: torch.Generator) -> torch.Tensor:
+        """Rank by the H2C loss, with a hazy crop as its input: its clean crop must score lower, by a
+        margin, than the hazy crop under a strong global cast or as a tinted monochrome (see
+        :func:`_recoloured`). The class captions only say a cast *clean* crop is a cast; this says
+        that recolouring a hazy one is not dehazing it, the collapse adaptation found (docs/guide.md)."""
+        hazy = torch.isin(y, self.haze_index)
+        if not hazy.any():
+            return torch.zeros((), device=x.device)
+        h2c_clean, h2c_recoloured = self._h2c(y[hazy], text, x[hazy], clean[hazy], _recoloured(x[hazy], rng))
+        return F.relu(h2c_clean - h2c_recoloured + 0.3).mean()
+
+    def _h2c(self, y: torch.Tensor, text: torch.Tensor, inputs: torch.Tensor, *outputs: torch.Tensor
+             ) -> list[torch.Tensor]:
+        """The H2C loss of each batch in ``outputs`` with ``inputs`` (hazy crops of classes ``y``) as
+        its input, per image, towards each class's own prompt pair; one forward pass for all."""
+        model = self.trained.model  # the guide trains on one device (see embedded.train_embedded)
+        e_in, *e_out = model.encode_image((torch.cat([inputs, *outputs]) - self.mean) / self.std,
+                                          normalize=True).split(len(inputs))
+        text_emb = model.encode_text(text, normalize=True)
+        direction = F.normalize(text_emb[self.clear_index][None] - text_emb[self.prompt_of[y]], dim=-1)
+        return [1 - F.cosine_similarity(e - e_in, direction, dim=-1) for e in e_out]
 
     def _loss(self, module, x: torch.Tensor, y: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         image_emb, text_emb, scale = module(image=(x - self.mean) / self.std, text=text)
@@ -204,6 +222,18 @@ def _imperfect(clean: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
         clean * gain / gain.mean(1, keepdim=True),
     ])
     return options[pick, torch.arange(n)].clamp(0, 1)
+
+
+def _recoloured(images: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
+    """Each image under a strong global colour cast (channel gains 0.4-1.6, mean 1) or, for half of
+    them, as a monochrome of its luma in a random tint (the orange monochrome adaptation collapsed to)."""
+    n, device = len(images), images.device
+    gain = (0.4 + 1.2 * torch.rand(n, 3, 1, 1, generator=rng)).to(device)
+    tint = (0.3 + 1.2 * torch.rand(n, 3, 1, 1, generator=rng)).to(device)
+    mono = (torch.rand(n, 1, 1, 1, generator=rng) < 0.5).to(device)
+    luma = (images * torch.tensor([0.299, 0.587, 0.114], device=device).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    cast = images * gain / gain.mean(1, keepdim=True)
+    return torch.where(mono, luma * tint / tint.mean(1, keepdim=True), cast).clamp(0, 1)
 
 
 def train_guide(model: torch.nn.Module, tokenizer: Callable, data: Captioned, *,
