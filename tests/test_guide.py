@@ -237,6 +237,28 @@ def test_h2c_distance_term_by_hand():
     assert loss(inp, inp).item() == pytest.approx(1.0, abs=1e-6)
 
 
+def test_h2c_cosine_turns_a_move_and_never_lengthens_it():
+    """Hand derivation (docs/guide.md): d cos(delta, d) / d delta = (d - cos * delta/|delta|) / |delta|,
+    whose dot product with delta is 0. With embeddings linear in the pixels (the raw mean colour),
+    the pixel gradient of H2C is that derivative spread over the pixels, so it has no component along
+    the move itself; the distance term adds one that lengthens the move (a negative dot product)."""
+    class RawMean(KnownEmbeddings):
+        def encode_image(self, images):
+            return images.mean((2, 3))
+
+        encode_constant = encode_image
+
+    inp = flat([0.2, 0.5, 0.1])
+    out = flat([0.5, 0.4, 0.3]).requires_grad_(True)  # moved partly towards "clear" (1, -1, 0)/sqrt2
+    move = (out - inp).detach()
+    for weight, sign in ((0.0, 0), (2.0, -1)):
+        out.grad = None
+        H2CLoss(RawMean(), distance_weight=weight)(out, inp).backward()
+        along = float((out.grad * move).sum())
+        assert (along == pytest.approx(0.0, abs=1e-6)) if sign == 0 else along < -0.1  # float32 rounding: 1e-7
+        assert out.grad.abs().max() > 1e-3  # the cosine still turns the move
+
+
 def test_h2c_distance_term_needs_the_paper_mode():
     with pytest.raises(HarnessError, match="distance_weight"):
         H2CLoss(KnownEmbeddings(), mode="positive", distance_weight=1.0)
