@@ -164,7 +164,8 @@ def probe(loss_fn, hazy: torch.Tensor, clear: torch.Tensor, benchmark: str = "",
             images = {name: edit(name, hazy, clear) for name in EDITS}
             if start is not None:
                 images[MODEL_OUTPUT] = start
-            h2c = {name: float(np.mean([loss_fn(x, hazy).item() for _ in range(repeats)])) for name, x in images.items()}
+            h2c = {name: float(np.mean([loss_fn(x, hazy).item() for _ in range(repeats)]))
+                   for name, x in images.items()}
         begin = "input" if start is None else MODEL_OUTPUT
         alignment = gradient_alignment(loss_fn, hazy, clear, start)
         out, curve = descend(loss_fn, hazy, steps, lr, optimiser, start)

@@ -30,7 +30,9 @@ HAZE_CLASSES = ("light", "haze", "heavy", "uneven", "night")
 class GuideStepper:
     """One step: contrastive cross-entropy of a batch of captioned crops against one caption per class,
     plus (``direction_weight``) a logistic loss along each haze direction ``T(clear) - T(c)`` that
-    only clear crops pass (light haze half-way), and optionally FGSM adversarial crops."""
+    only clear crops pass (light haze half-way); optionally adversarial crops (FGSM or PGD), gradient
+    alignment, and H2C rankings of points towards the clean crop (``rank_weight``) and of
+    recolourings (``cast_weight``)."""
 
     def __init__(self, model: torch.nn.Module, tokenizer: Callable, data: Captioned, *,
                  steps: int, lr: float, batch_size: int, noise: float, strategy: Strategy,
@@ -225,7 +227,7 @@ def _imperfect(clean: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
 
 
 def _recoloured(images: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
-    """Each image under a strong global colour cast (channel gains 0.4-1.6, mean 1) or, for half of
+    """Each image under a strong global colour cast (channel gains from 0.4-1.6 over their mean) or, for half of
     them, as a monochrome of its luma in a random tint (the orange monochrome adaptation collapsed to)."""
     n, device = len(images), images.device
     gain = (0.4 + 1.2 * torch.rand(n, 3, 1, 1, generator=rng)).to(device)
