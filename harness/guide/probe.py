@@ -25,6 +25,7 @@ gradient that shifts colour only as a whole comes out as regional colour blotche
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -203,7 +204,8 @@ def benchmark_batch(dataset, count: int, size: int) -> tuple[torch.Tensor, torch
 
 
 def probe_recipe(recipe, benchmark: str | None = None, steps: int = 50, lr: float = 0.01, images: int = 12,
-                 size: int = 128, seed: int = 0, optimiser: str = "gd", checkpoint=None) -> ProbeResult:
+                 size: int = 128, seed: int = 0, optimiser: str = "gd", checkpoint: Path | None = None
+                 ) -> ProbeResult:
     """Probe the recipe's guide and prompts on one of its paired benchmarks (default: the first);
     with ``checkpoint`` (a model file), the descent starts from that model's outputs."""
     from harness.dehaze import load_checkpoint
