@@ -202,6 +202,11 @@ class GuideStepper:
         return loss
 
 
+def _luma(images: torch.Tensor) -> torch.Tensor:
+    """Rec. 601 luma of NCHW RGB images, N1HW."""
+    return (images * torch.tensor([0.299, 0.587, 0.114], device=images.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
+
+
 def _imperfect(clean: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
     """Each clean crop missed in one random way a dehazer misses it: flat or overstretched contrast,
     desaturated or oversaturated, too dark, blurred, a checkerboard (transposed convolutions), a cast."""
@@ -210,7 +215,7 @@ def _imperfect(clean: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
     u = torch.rand(n, 1, 1, 1, generator=rng).to(device)
     gain = (0.75 + 0.5 * torch.rand(n, 3, 1, 1, generator=rng)).to(device)
     mean = clean.mean((1, 2, 3), keepdim=True)
-    luma = (clean * torch.tensor([0.299, 0.587, 0.114], device=device).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    luma = _luma(clean)
     yy, xx = torch.meshgrid(torch.arange(clean.shape[-2]), torch.arange(clean.shape[-1]), indexing="ij")
     checker = ((yy + xx) % 2 * 2 - 1).to(clean)
     options = torch.stack([
@@ -233,7 +238,7 @@ def _recoloured(images: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
     gain = (0.4 + 1.2 * torch.rand(n, 3, 1, 1, generator=rng)).to(device)
     tint = (0.3 + 1.2 * torch.rand(n, 3, 1, 1, generator=rng)).to(device)
     mono = (torch.rand(n, 1, 1, 1, generator=rng) < 0.5).to(device)
-    luma = (images * torch.tensor([0.299, 0.587, 0.114], device=device).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    luma = _luma(images)
     cast = images * gain / gain.mean(1, keepdim=True)
     return torch.where(mono, luma * tint / tint.mean(1, keepdim=True), cast).clamp(0, 1)
 
