@@ -182,7 +182,9 @@ def _validate_guide(recipe: Recipe, at: _At, context: CheckContext, warn_only: b
     if guide.type not in GUIDES:
         raise HarnessError(f"{at('guide')}: unknown guide {guide.type!r}", f"use one of: {', '.join(GUIDES.names())}")
     try:
-        GUIDES.validate(guide.type, dict(guide.params), where="guide", context=context)
+        coerced = GUIDES.validate(guide.type, dict(guide.params), where="guide", context=context)
+        # typed, as the methods' (`cast_weight: 1` and `1.0` are one guide, one cache file, one weights id)
+        guide.__pydantic_extra__.update({k: coerced[k] for k in guide.params if k in coerced})
     except HarnessError as err:
         if not warn_only:
             raise HarnessError(f"{at('guide')}: {err}") from None

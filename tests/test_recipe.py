@@ -305,3 +305,14 @@ def test_embedded_guide_training_options_out_of_range_are_refused_naming_the_key
     with pytest.raises(HarnessError) as err:
         load_recipe(QUICKSTART, [override])
     assert key in str(err.value) and fix in str(err.value)
+
+
+def test_a_guide_option_written_as_an_integer_names_the_same_guide_as_its_float():
+    """`guide.cast_weight=1` and `=1.0` train one guide: the recipe keeps the typed value, so the
+    weights id (the guide's cache file and what results record) is the float's."""
+    from harness.guide import weights_id
+
+    ids = {text: weights_id(r.guide.type, **r.guide.params)
+           for text in ("1", "1.0") for r in [load_recipe(QUICKSTART, [f"guide.cast_weight={text}", "guide.steps=3"])]}
+    assert ids["1"] == ids["1.0"] == weights_id("embedded", cast_weight=1.0, steps=3)
+    assert ids["1"] != weights_id("embedded", steps=3)
