@@ -6,6 +6,7 @@ import copy
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -219,3 +220,15 @@ def test_a_gpu_request_the_partition_cannot_give_names_the_setting(tmp_path, mon
     with pytest.raises(HarnessError) as err:
         executor._sbatch(tmp_path / "level0.sbatch", None)
     assert "gres" in str(err.value) and "device: cpu" in str(err.value)
+
+
+@pytest.mark.parametrize("args, says", [
+    (["split", "{tmp}/missing", "{tmp}/out"], "missing is not a folder -- fix: give the folder of photos"),
+    (["split", "{tmp}", "{tmp}/out"], "has no images -- fix: give the folder of photos"),
+    (["split"], "usage: python -m harness.data.photos split SRC_FOLDER DEST_FOLDER"),
+])
+def test_photo_split_command_bad_input_is_one_line_and_exit_2(args, says, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "harness.data.photos", *(a.format(tmp=tmp_path) for a in args)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and says in proc.stderr, proc.stderr
+    assert not (tmp_path / "out").exists()

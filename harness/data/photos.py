@@ -152,9 +152,14 @@ def _split_command(argv: list[str]) -> None:
     from harness.data.io import list_images
 
     if len(argv) != 3 or argv[0] != "split":
-        raise SystemExit("usage: python -m harness.data.photos split SRC_FOLDER DEST_FOLDER")
+        raise HarnessError("usage: python -m harness.data.photos split SRC_FOLDER DEST_FOLDER")
     src, dest = Path(argv[1]).resolve(), Path(argv[2])
-    for name, half in zip("ab", split_by_content(list_images(src))):
+    if not src.is_dir():
+        raise HarnessError(f"{argv[1]} is not a folder", "give the folder of photos to split in two")
+    files = list_images(src)
+    if not files:
+        raise HarnessError(f"{argv[1]} has no images", "give the folder of photos to split in two")
+    for name, half in zip("ab", split_by_content(files)):
         folder = dest / name
         folder.mkdir(parents=True, exist_ok=True)
         for f in half:
@@ -167,4 +172,8 @@ def _split_command(argv: list[str]) -> None:
 if __name__ == "__main__":
     import sys
 
-    _split_command(sys.argv[1:])
+    try:
+        _split_command(sys.argv[1:])
+    except HarnessError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
