@@ -322,8 +322,6 @@ def test_weights_id_names_the_weights_a_built_guide_has(tmp_path, guide, monkeyp
     assert weights_id("embedded", steps=3, global_chroma=True) != weights_id("embedded", steps=3)
     assert weights_id("embedded", steps=3, cast_weight=0.0) == weights_id("embedded", steps=3)
     assert weights_id("embedded", steps=3, cast_weight=1.0) != weights_id("embedded", steps=3)
-    assert weights_id("embedded", steps=3, peak_weight=0.0) == weights_id("embedded", steps=3)
-    assert weights_id("embedded", steps=3, peak_weight=4.0) != weights_id("embedded", steps=3)
     monkeypatch.setattr(embedded_module, "VERSION", embedded_module.VERSION + 1)  # a changed data recipe
     assert weights_id("embedded", steps=3) != built.info["config_hash"]
     path = tmp_path / "tiny.pt"
@@ -380,42 +378,6 @@ def test_recoloured_crops_by_hand():
             assert float(gains.mean()) == pytest.approx(1.0, abs=1e-5) and float(gains.std()) > 0.01
             kinds.add("cast")
     assert kinds == {"monochrome", "cast"}
-
-
-def _stepper_with_clear_score(score):
-    """A GuideStepper whose guide embeds each image so that its clear score ``E . d`` is
-    ``score(images, reference)``, the reference being the first chunk (the clean crops) of the batch."""
-    from harness.guide.training import GuideStepper
-
-    class Model:
-        def encode_text(self, text, normalize=True):  # class 0 "clear" at +e0, class 1 "haze" at -e0: d = e0
-            return torch.tensor([[1.0, 0.0], [-1.0, 0.0]])
-
-        def encode_image(self, images, normalize=True):
-            n = len(images) // 5
-            s = score(images, images[:n].repeat(5, 1, 1, 1)).clamp(-1, 1)
-            return torch.stack([s, (1 - s ** 2).sqrt()], dim=1)  # unit norm, E . d = s
-
-    stepper = GuideStepper.__new__(GuideStepper)
-    stepper.trained = type("Trained", (), {"model": Model()})()
-    stepper.mean, stepper.std = torch.zeros(1, 3, 1, 1), torch.ones(1, 3, 1, 1)
-    stepper.clear_index, stepper.haze_index, stepper.prompt_of = 0, torch.tensor([1]), torch.tensor([0, 1])
-    return stepper
-
-
-def test_peak_term_by_hand():
-    """``_peak`` is zero for a clear score that peaks steeply at the clean crop, and for a flat score
-    it is every hinge's margin: ``0.1 |a|`` for the line point (``a`` redrawn from the same generator)
-    plus 0.05 for each of the three edits."""
-    torch.manual_seed(0)
-    clean, hazy = torch.rand(6, 3, 8, 8) * 0.6 + 0.2, torch.rand(6, 3, 8, 8)
-    y = torch.tensor([1, 1, 1, 1, 0, 1])  # five hazy crops, one clear crop (ignored)
-    peaked = _stepper_with_clear_score(lambda x, c: 1 - 50 * (x - c).flatten(1).norm(dim=1))
-    assert float(peaked._peak(hazy, y, clean, None, torch.Generator().manual_seed(3))) == 0.0
-    flat = _stepper_with_clear_score(lambda x, c: torch.full((len(x),), 0.3))
-    a = torch.rand(5, 1, 1, 1, generator=torch.Generator().manual_seed(3)) * 1.6 - 0.6
-    expected = float((0.1 * a.abs()).mean()) + 3 * 0.05
-    assert float(flat._peak(hazy, y, clean, None, torch.Generator().manual_seed(3))) == pytest.approx(expected, abs=1e-6)
 
 
 def test_pgd_attack_ends_on_the_radius_where_the_loss_is_linear():

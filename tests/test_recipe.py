@@ -298,7 +298,6 @@ def test_each_stage_checks_its_own_patch_size_and_the_target_its_shrunk_sizes(ba
     ("guide.align_radius=-0.1", "guide.align_radius", "at least 0"),
     ("guide.rank_weight=-1", "guide.rank_weight", "at least 0"),
     ("guide.cast_weight=-1", "guide.cast_weight", "at least 0"),
-    ("guide.peak_weight=-1", "guide.peak_weight", "at least 0"),
     ("guide.blur=-1", "guide.blur", "at least 0"),
     ("guide.blur=11", "guide.blur", "too wide for guide.image_size 32"),
 ])

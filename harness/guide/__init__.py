@@ -20,14 +20,13 @@ if TYPE_CHECKING:
 
 NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 _LATER_DEFAULTS = {"rank_weight": 0.0, "adversarial_steps": 1, "align_radius": 0.0, "blur": 0.0,
-                   "global_chroma": False, "cast_weight": 0.0, "peak_weight": 0.0}  # see _embedded_training
+                   "global_chroma": False, "cast_weight": 0.0}  # see _embedded_training
 
 
 def _embedded_training(tower: str = "vit", pool: int = 2048, noise: float = 0.02, direction_weight: float = 1.0,
                        adversarial: float = 0.25, image_size: int = 32, align_weight: float = 2.0,
                        rank_weight: float = 0.0, adversarial_steps: int = 1, align_radius: float = 0.0,
-                       blur: float = 0.0, global_chroma: bool = False, cast_weight: float = 0.0,
-                       peak_weight: float = 0.0) -> dict:
+                       blur: float = 0.0, global_chroma: bool = False, cast_weight: float = 0.0) -> dict:
     """The embedded guide's recipe options as its training settings (what its cache hash covers).
 
     The options of ``_LATER_DEFAULTS`` came later: each enters the settings only when it differs
@@ -35,8 +34,7 @@ def _embedded_training(tower: str = "vit", pool: int = 2048, noise: float = 0.02
     from harness.guide.model import TINY_CONV_MODEL, TINY_MODEL
 
     later = {"rank_weight": rank_weight, "adversarial_steps": adversarial_steps, "align_radius": align_radius,
-             "blur": blur, "global_chroma": global_chroma, "cast_weight": cast_weight,
-             "peak_weight": peak_weight}
+             "blur": blur, "global_chroma": global_chroma, "cast_weight": cast_weight}
     return dict(model_name=TINY_MODEL if tower == "vit" else TINY_CONV_MODEL, pool=pool, noise=noise,
                 direction_weight=direction_weight, adversarial=adversarial, image_size=image_size,
                 align_weight=align_weight, **{k: v for k, v in later.items() if v != _LATER_DEFAULTS[k]})
@@ -55,7 +53,7 @@ def embedded(steps: Annotated[int, Field(ge=1)] = 400, seed: int = 0, cache_dir:
              image_size: Annotated[int, Field(ge=8)] = 32, align_weight: NonNegative = 2.0,
              rank_weight: NonNegative = 0.0, adversarial_steps: Annotated[int, Field(ge=1)] = 1,
              align_radius: NonNegative = 0.0, blur: NonNegative = 0.0, global_chroma: bool = False,
-             cast_weight: NonNegative = 0.0, peak_weight: NonNegative = 0.0):
+             cast_weight: NonNegative = 0.0):
     """The harness's own degradation-aware tiny CLIP (trained once, then cached): a ``Guide``.
     ``blur`` (in guide input pixels) and ``global_chroma``: what its image tower sees
     (:class:`harness.guide.model.InputFilter`)."""
@@ -64,7 +62,7 @@ def embedded(steps: Annotated[int, Field(ge=1)] = 400, seed: int = 0, cache_dir:
     return load_embedded(steps=steps, seed=seed, cache=cache_dir, views=views, view_scale=view_scale,
                          **_embedded_training(tower, pool, noise, direction_weight, adversarial, image_size,
                                               align_weight, rank_weight, adversarial_steps, align_radius,
-                                              blur, global_chroma, cast_weight, peak_weight))
+                                              blur, global_chroma, cast_weight))
 
 
 def _weights_resolve(params: dict, context: CheckContext) -> None:

@@ -38,9 +38,9 @@ class GuideStepper:
                  steps: int, lr: float, batch_size: int, noise: float, strategy: Strategy,
                  weight_decay: float = 0.05, direction_weight: float = 1.0, adversarial: float = 0.0,
                  align_weight: float = 0.0, rank_weight: float = 0.0, adversarial_steps: int = 1,
-                 align_radius: float = 0.0, cast_weight: float = 0.0, peak_weight: float = 0.0):
+                 align_radius: float = 0.0, cast_weight: float = 0.0):
         self.data = data
-        self.cast_weight, self.peak_weight = cast_weight, peak_weight
+        self.cast_weight = cast_weight
         self.adversarial_steps, self.align_radius = adversarial_steps, align_radius
         self.batch_size, self.noise, self.strategy = batch_size, noise, strategy
         self.direction_weight, self.adversarial, self.align_weight = direction_weight, adversarial, align_weight
@@ -88,8 +88,6 @@ class GuideStepper:
             loss = loss + self.rank_weight * self._ranking(x, y, clean, text, rng)
         if self.cast_weight > 0:
             loss = loss + self.cast_weight * self._casts(x, y, clean, text, rng)
-        if self.peak_weight > 0:
-            loss = loss + self.peak_weight * self._peak(x, y, clean, text, rng)
         self.trained.backward(loss)
         info = {"loss": loss.item()}
         if self.align_weight > 0:
@@ -181,32 +179,6 @@ class GuideStepper:
             return torch.zeros((), device=x.device)
         h2c_clean, h2c_recoloured = self._h2c(y[hazy], text, x[hazy], clean[hazy], _recoloured(x[hazy], rng))
         return F.relu(h2c_clean - h2c_recoloured + 0.3).mean()
-
-    def _peak(self, x: torch.Tensor, y: torch.Tensor, clean: torch.Tensor, text: torch.Tensor,
-              rng: torch.Generator) -> torch.Tensor:
-        """The clear score ``E(x) . d`` (``d`` the unit haze direction of the crop's class) must peak at
-        the clean crop: every other point of the line through the hazy and the clean crop (``a`` from
-        -0.6, overdone, to 1, the input) scores lower by a margin growing with ``|a|``, and so do the
-        clean crop missed the way a dehazer misses it (:func:`_imperfect`) and the hazy and clean
-        crops recoloured (:func:`_recoloured`). H2C's distance term rewards that score, so where it
-        peaks is where adaptation with the term goes."""
-        hazy = torch.isin(y, self.haze_index)
-        if not hazy.any():
-            return torch.zeros((), device=x.device)
-        h, c = x[hazy], clean[hazy]
-        n, device = len(h), x.device
-        a = (torch.rand(n, 1, 1, 1, generator=rng) * 1.6 - 0.6).to(device)
-        model = self.trained.model
-        e_clean, e_line, e_imperfect, e_hazy_cast, e_clean_cast = model.encode_image(
-            (torch.cat([c, (c + a * (h - c)).clamp(0, 1), _imperfect(c, rng), _recoloured(h, rng), _recoloured(c, rng)])
-             - self.mean) / self.std, normalize=True).split(n)
-        text_emb = model.encode_text(text, normalize=True)
-        direction = F.normalize(text_emb[self.clear_index][None] - text_emb[self.prompt_of[y[hazy]]], dim=-1)
-        s_clean, s_line, s_imperfect, s_hazy_cast, s_clean_cast = (
-            (e * direction).sum(-1) for e in (e_clean, e_line, e_imperfect, e_hazy_cast, e_clean_cast))
-        line = F.relu(s_line - s_clean + 0.1 * a.abs().flatten())
-        others = sum(F.relu(s - s_clean + 0.05) for s in (s_imperfect, s_hazy_cast, s_clean_cast))
-        return (line + others).mean()
 
     def _h2c(self, y: torch.Tensor, text: torch.Tensor, inputs: torch.Tensor, *outputs: torch.Tensor
              ) -> list[torch.Tensor]:
