@@ -249,7 +249,9 @@ def test_two_ranks_train_what_one_process_trains(tmp_path, reward):
             weights.append(batch_weights(net(*probe)))
     spread = (weights[0] - 1).abs().max()
     assert spread > 1e-3  # the outer step did move the weights
-    assert (weights[0] - weights[1]).abs().max() < 0.02 * spread
+    # measured: the two runs differ by 0.02 % (raw) and 2.5 % (standardised: dividing by the batch's std
+    # amplifies float noise) of the spread; a per-rank std instead of the global one gives 117 %
+    assert (weights[0] - weights[1]).abs().max() < 0.1 * spread
 
 
 # ------------------------------------------------------------------ the recipe and runner hook
