@@ -18,6 +18,7 @@ import open_clip
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.transforms.v2.functional import gaussian_blur
 
 from harness.errors import HarnessError
 from harness.store import file_sha256
@@ -136,8 +137,6 @@ class InputFilter(nn.Module):
     def _low_pass(self, x: torch.Tensor) -> torch.Tensor:
         if self.blur <= 0:
             return x
-        from torchvision.transforms.v2.functional import gaussian_blur
-
         side = 2 * round(3 * self.blur) + 1
         return gaussian_blur(x, [side, side], [self.blur, self.blur])
 
