@@ -83,6 +83,12 @@ def validate_recipe(recipe: Recipe, path: Path, root: yaml.Node | None, check_pa
 # ---------------------------------------------------------------- entries
 
 
+def _as_typed(given: dict[str, Any], coerced: dict[str, Any]) -> dict[str, Any]:
+    """The keys a recipe entry gave, with the values its builder's signature coerced them to (YAML
+    reads ``1e-4`` as a string and ``1`` as an int), so that ids hash the typed values."""
+    return {k: coerced[k] for k in given if k in coerced}
+
+
 def _validate_group(recipe: Recipe, at: _At, key: str, registry, context: CheckContext) -> None:
     for i, entry in enumerate(getattr(recipe, key)):
         where = at(key, i)
@@ -101,7 +107,7 @@ def _validate_group(recipe: Recipe, at: _At, key: str, registry, context: CheckC
             if key == "methods" and isinstance(coerced.get("source"), dict):
                 coerced["source"] = _validated_source(coerced["source"], f"{key}[{i}].source", context)
             # keep the typed values (YAML reads 1e-4 as a string) for the keys the recipe gave
-            entry.__pydantic_extra__.update({k: coerced[k] for k in entry.params if k in coerced})
+            entry.__pydantic_extra__.update(_as_typed(entry.params, coerced))
             for name, values in swept.items():
                 swept[name] = [registry.validate(entry.type, {**first, name: v}, where=f"{key}[{i}].sweep")[name]
                                for v in values]
@@ -121,7 +127,7 @@ def _validated_source(source: dict[str, Any], where: str, context: CheckContext)
         raise HarnessError(f"unknown method {source.get('type')!r} in {where}",
                            f"use one of: {', '.join(METHODS.names())}")
     coerced = METHODS.validate(source["type"], params, where=where, context=context)
-    spec = {"type": source["type"], **{k: coerced[k] for k in params}}  # as given, like a top-level entry
+    spec = {"type": source["type"], **_as_typed(params, coerced)}  # as given, like a top-level entry
     if "h2c" in source:
         try:
             spec["h2c"] = H2COverride.model_validate(source["h2c"]).model_dump(exclude_none=True)
@@ -148,7 +154,7 @@ def _validate_reweights(recipe: Recipe, at: _At) -> None:
             REWEIGHTS.build(reweight["type"], **coerced)  # its range checks
         except HarnessError as err:
             raise HarnessError(f"{where}: {err}") from None
-        reweight.update({k: coerced[k] for k in params})
+        reweight.update(_as_typed(params, coerced))
 
 
 def _meta_backbones(recipe: Recipe, at: _At) -> dict[str, Any]:
@@ -183,8 +189,8 @@ def _validate_guide(recipe: Recipe, at: _At, context: CheckContext, warn_only: b
         raise HarnessError(f"{at('guide')}: unknown guide {guide.type!r}", f"use one of: {', '.join(GUIDES.names())}")
     try:
         coerced = GUIDES.validate(guide.type, dict(guide.params), where="guide", context=context)
-        # typed, as the methods' (`cast_weight: 1` and `1.0` are one guide, one cache file, one weights id)
-        guide.__pydantic_extra__.update({k: coerced[k] for k in guide.params if k in coerced})
+        # `cast_weight: 1` and `1.0` are one guide: one cache file, one weights id
+        guide.__pydantic_extra__.update(_as_typed(guide.params, coerced))
     except HarnessError as err:
         if not warn_only:
             raise HarnessError(f"{at('guide')}: {err}") from None
