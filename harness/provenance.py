@@ -41,6 +41,8 @@ def package_versions() -> dict[str, str | None]:
 
 
 def environment() -> dict:
+    """The machine and command line; ``cpu_threads``: torch's intra-op threads in this process, which
+    CPU runtimes and training times depend on (harness/launch/threads.py decides them)."""
     import torch
 
     return {
@@ -48,5 +50,6 @@ def environment() -> dict:
         "platform": platform.platform(),
         "cuda": torch.version.cuda if torch.cuda.is_available() else None,
         "device_name": torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or "cpu",
+        "cpu_threads": torch.get_num_threads(),
         "argv": sys.argv,
     }

@@ -4,9 +4,9 @@ The rule: ``threads = max(1, (cores - busy) // processes)``, where
 
 - ``cores``: the CPUs in this process's affinity mask (taskset, a Slurm or container cpuset),
   capped by the cgroup CPU quota;
-- ``busy``: cores other programs keep busy: the larger of the 1-minute load average (rounded) and
-  the processes running right now, but only when the mask spans the whole machine (a cpuset is
-  assumed to be ours alone);
+- ``busy``: cores other programs keep busy now: the CPU time those cores spent working over a
+  0.2 s sample of ``/proc/stat``, rounded (the 1-minute load average where that file cannot be
+  read), but only when the mask spans the whole machine (a cpuset is assumed to be ours alone);
 - ``processes``: harness processes sharing those cores (torchrun ranks on the node, evaluation or
   pool workers).
 
@@ -14,6 +14,11 @@ The rule: ``threads = max(1, (cores - busy) // processes)``, where
 own default of 1 is not taken as the user's choice). Why it matters: torch's default is one thread
 per core, and threads that wait at a barrier for a sibling descheduled by another job spin; with a
 second busy process on a 2-core machine one training step took 6.7 s instead of 0.045 s.
+Why not the load average: it is a mean decaying over minutes, so for minutes after a run ends (the
+user's previous harness run included) it counts idle cores as busy, and the run that starts then
+keeps one thread for its whole length. Measured on an idle 2-core machine, the quickstart (3 seeds,
+empty caches) started a minute after a 2-thread job got 1 thread and took 339 s (guide training
+218 s); sampling the cores it got 2 threads and took 203 s (122 s) with the load average still 1.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +39,7 @@ _GIVEN = {var: os.environ.get(var, "") for var in ("HARNESS_THREADS", "OMP_NUM_T
 class ThreadShare:
     threads: int
     cores: int
-    busy: int
+    busy: int | None  # None: not measured (a variable set the threads)
     processes: int
     source: str  # "rule", "HARNESS_THREADS" or "OMP_NUM_THREADS"
 
@@ -64,28 +70,65 @@ def _quota_cores() -> float | None:
         return None
 
 
-def _busy_cores() -> int:
-    """Cores other programs keep busy: max(1-minute load average, processes running now minus us)."""
+_SAMPLE_SECONDS = 0.2
+
+
+def _read_stat() -> str | None:
     try:
-        fields = Path("/proc/loadavg").read_text().split()
-        running_now = int(fields[3].split("/")[0]) - 1  # the count includes this process
-        return max(round(float(fields[0])), running_now, 0)
-    except (OSError, ValueError, IndexError):
-        return max(round(os.getloadavg()[0]), 0) if hasattr(os, "getloadavg") else 0
+        return Path("/proc/stat").read_text()
+    except OSError:
+        return None
+
+
+def cpu_jiffies(stat: str, cpus: set[int]) -> tuple[int, int] | None:
+    """(working, total) CPU time of ``cpus`` since boot, in jiffies, from the text of ``/proc/stat``;
+    None where it names none of them. Working is all but idle and iowait (steal too: not ours to use)."""
+    working = total = 0
+    for line in stat.splitlines():
+        name, *fields = line.split() or [""]
+        if name[:3] == "cpu" and name[3:].isdigit() and int(name[3:]) in cpus and len(fields) >= 8:
+            user, nice, system, idle, iowait, irq, softirq, steal = (int(v) for v in fields[:8])
+            working += user + nice + system + irq + softirq + steal
+            total += user + nice + system + idle + iowait + irq + softirq + steal
+    return (working, total) if total else None
+
+
+_MEASURED: dict[frozenset[int], int] = {}  # one sample per process: every caller sees the share it was given
+
+
+def _busy_cores(cpus: set[int]) -> int:
+    """Cores of ``cpus`` other programs keep busy now: their working share over a short sample,
+    rounded half up (a core counts as busy when at least half of it works); measured once per process."""
+    key = frozenset(cpus)
+    if key not in _MEASURED:
+        _MEASURED[key] = _sample_busy_cores(cpus)
+    return _MEASURED[key]
+
+
+def _sample_busy_cores(cpus: set[int]) -> int:
+    samples = []
+    for wait in (0.0, _SAMPLE_SECONDS):
+        time.sleep(wait)
+        stat = _read_stat()
+        samples.append(cpu_jiffies(stat, cpus) if stat else None)
+    (work0, total0), (work1, total1) = (s or (0, 0) for s in samples)
+    if None not in samples and total1 > total0:
+        return int(len(cpus) * (work1 - work0) / (total1 - total0) + 0.5)
+    return max(round(os.getloadavg()[0]), 0) if hasattr(os, "getloadavg") else 0
 
 
 def thread_share(processes: int | None = None) -> ThreadShare:
     """This process's share of the cores (see the module docstring for the rule)."""
     processes = max(1, processes if processes is not None else processes_on_this_node())
-    mask = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
     quota = _quota_cores()
-    cores = max(1, min(mask, math.floor(quota)) if quota else mask)
-    whole_machine = mask >= (os.cpu_count() or mask)  # no cpuset: other users' load lands on our cores
-    busy = min(cores - 1, _busy_cores()) if whole_machine else 0
+    cores = max(1, min(len(cpus), math.floor(quota)) if quota else len(cpus))
     for var, value in _GIVEN.items():
         torchrun_default = var == "OMP_NUM_THREADS" and value == "1" and "TORCHELASTIC_RUN_ID" in os.environ
         if value.isdigit() and int(value) >= 1 and not torchrun_default:
-            return ThreadShare(int(value), cores, busy, processes, var)
+            return ThreadShare(int(value), cores, None, processes, var)
+    whole_machine = len(cpus) >= (os.cpu_count() or len(cpus))  # no cpuset: other users' load lands on our cores
+    busy = min(cores - 1, _busy_cores(cpus)) if whole_machine else 0
     return ThreadShare(max(1, (cores - busy) // processes), cores, busy, processes, "rule")
 
 
