@@ -180,7 +180,12 @@ class GuideConfig(Entry):
                 **({"distance_weight": self.distance_weight} if self.distance_weight else {})}
 
     def spec(self) -> dict[str, Any]:
-        return {"type": self.type, **self.h2c(), **self.params}
+        """What adaptation keys hold of the guide: its entry, with the gradient filter it stands for
+        only where that filters (so an entry that turns it off keeps the keys of results from before it)."""
+        from harness.guide import PLAIN_GRADIENT, gradient_filter
+
+        given = {k: v for k, v in self.params.items() if k not in PLAIN_GRADIENT}
+        return {"type": self.type, **self.h2c(), **given, **gradient_filter(self.type, self.params)}
 
 
 class EvalConfig(Strict):

@@ -458,3 +458,75 @@ def test_a_cached_filtered_guide_loads_with_its_filter(tmp_path):
     second.model.visual.input_filter = torch.nn.Identity()
     assert not torch.allclose(first.encode_image(x), second.encode_image(x), atol=1e-4)
     second.model.visual.input_filter = unfiltered
+
+
+def test_a_filtered_gradient_leaves_the_loss_and_filters_the_gradient_by_hand(guide):
+    """``gradient_global_chroma``: the H2C loss is the tower's own, bit for bit, and its pixel gradient
+    (at the guide's input) is the plain one through the filter's adjoint. That filter is symmetric
+    (channel mean + spatial mean of the rest), so by hand the passed gradient is
+    ``mean_c(g) + mean_xy(g - mean_c(g))`` of the plain one: its colour part constant over the image."""
+    filtered = dataclasses.replace(guide, gradient_global_chroma=True)
+    torch.manual_seed(1)
+    x, hazy = torch.rand(2, 3, guide.image_size, guide.image_size), torch.rand(2, 3, guide.image_size, guide.image_size)
+
+    def loss_and_gradient(g, at):
+        at = at.clone().requires_grad_(True)
+        value = H2CLoss(g)(at, hazy)
+        (grad,) = torch.autograd.grad(value, at)
+        return value, grad
+
+    plain_loss, _ = loss_and_gradient(guide, x)
+    filtered_loss, _ = loss_and_gradient(filtered, x)
+    assert torch.equal(plain_loss, filtered_loss)
+
+    def tower_gradient(g):  # at the tower's (normalised) input, where the filter acts
+        z = g.preprocess(x).detach().requires_grad_(True)
+        g.model.encode_image(z, normalize=True)[:, 0].sum().backward()
+        return z.grad
+
+    from harness.guide.model import _FilteredGradient
+
+    plain = tower_gradient(guide)
+    luma = plain.mean(1, keepdim=True)
+    by_hand = luma + (plain - luma).mean((2, 3), keepdim=True)
+    z = guide.preprocess(x).detach().requires_grad_(True)
+    guide.model.encode_image(_FilteredGradient.apply(z, filtered._gradient_filter), normalize=True)[:, 0].sum().backward()
+    assert torch.allclose(z.grad, by_hand, atol=1e-7)
+    assert (plain - by_hand).abs().max() > 1e-4  # the filter did something
+
+
+def test_a_filtered_gradient_is_low_passed_and_its_forward_is_the_identity(guide):
+    """``gradient_blur``: the preprocessed image is the same tensor values, and a gradient impulse
+    comes back as the blur's (Gaussian) spread of it: nothing beyond 3 sigma."""
+    blurred = dataclasses.replace(guide, gradient_blur=1.0)
+    x = torch.rand(1, 3, guide.image_size, guide.image_size, requires_grad=True)
+    out = blurred.preprocess(x)
+    assert torch.equal(out, guide.preprocess(x))
+    impulse = torch.zeros_like(out)
+    impulse[0, 1, 10, 10] = 1.0
+    (grad,) = torch.autograd.grad(out, x, impulse)
+    std = torch.tensor(guide.std).view(1, 3, 1, 1)
+    spread = (grad * std)[0, 1]  # undo the normalisation's 1/std
+    assert float(spread[10, 10]) == pytest.approx(float(spread.max()))
+    assert float(spread[10, 14]) == 0.0 and float(spread[10, 13]) > 0  # 3 sigma = 3 px
+    assert float(spread.sum()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_a_gradient_blur_wider_than_the_guide_input_is_refused(guide):
+    with pytest.raises(HarnessError, match="gradient_blur"):
+        dataclasses.replace(guide, gradient_blur=guide.image_size / 3)
+
+
+def test_the_embedded_default_gradient_filter_is_in_the_adaptation_key_and_off_gives_the_old_key():
+    """Results adapted before the default filter existed must not be reused for the new default, and
+    an entry that turns it off must keep those results' keys (the earlier spec: type, H2C, given keys)."""
+    from harness.recipe import GuideConfig
+
+    default = GuideConfig(type="embedded").spec()
+    assert default["gradient_blur"] == 3.0 and default["gradient_global_chroma"] is True
+    off = GuideConfig(type="embedded", gradient_blur=0, gradient_global_chroma=False).spec()
+    earlier = {"type": "embedded", "positive": "a clear photo", "negative": "a photo with haze", "mode": "both"}
+    assert off == earlier
+    assert GuideConfig(type="embedded", gradient_blur=2).spec() == {**earlier, "gradient_blur": 2.0,
+                                                                    "gradient_global_chroma": True}
+    assert GuideConfig(type="open_clip").spec() == {**earlier, "type": "open_clip"}  # off by default there

@@ -268,12 +268,21 @@ def test_default_embedded_guide_points_towards_the_ground_truth_at_the_input(qui
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="known failure (docs/guide.md): 50 steps of pixel-space H2C descent with the "
-                                       "default embedded guide end in adversarial changes, PSNR 14.64 -> 14.76 dB, SSIM 0.689 -> 0.579")
-def test_default_embedded_guide_descent_raises_psnr_on_the_quickstart_test_set(quickstart_probe):
-    """Measurement: iterated pixel-space descent should bring the hazy test images closer to their
-    ground truth, in PSNR and SSIM. Strict: the day a guide passes, this test says so."""
-    assert quickstart_probe.psnr_gain > 0.3 and quickstart_probe.ssim_gain >= 0, quickstart_probe.descent
+def test_default_embedded_guide_descent_raises_psnr_and_keeps_structure_on_the_quickstart_test_set(quickstart_probe):
+    """Measurement (docs/guide.md): 50 steps of pixel-space descent on the default guide's H2C, with
+    its gradient filtered (``gradient_blur: 3, gradient_global_chroma``), take the hazy test images
+    14.64 -> 15.39 dB with SSIM 0.6889 -> 0.6887. The guide's plain gradient paints colour speckle:
+    14.76 dB, SSIM 0.579, which fails here."""
+    assert quickstart_probe.psnr_gain > 0.5 and quickstart_probe.ssim_gain > -0.005, quickstart_probe.descent
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="known (docs/guide.md): the default guide's 50-step descent keeps SSIM "
+                                       "(0.6889 -> 0.6887) but does not raise it")
+def test_default_embedded_guide_descent_raises_ssim_too_on_the_quickstart_test_set(quickstart_probe):
+    """Measurement: descent should also raise SSIM, by more than float noise (0.002). Strict: the day
+    a guide does, this test says so."""
+    assert quickstart_probe.psnr_gain > 0.3 and quickstart_probe.ssim_gain > 0.002, quickstart_probe.descent
 
 
 def test_verdict_needs_ssim_as_well_as_psnr():

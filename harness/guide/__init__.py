@@ -1,8 +1,13 @@
 """Guide models (CLIP) for the H2C loss and guide-driven backbones, registered in ``GUIDES``:
 ``embedded`` and ``open_clip``; the identity a guide-driven checkpoint records and its check.
 
-Both guides take ``views`` and ``view_scale``: how many random crops of each image the H2C loss
-looks at (see :mod:`harness.guide.h2c`); ``views: 1`` is the paper's whole-image loss.
+Both guides take how the H2C loss uses them, none of which changes their weights:
+
+- ``views`` and ``view_scale``: how many random crops of each image the loss looks at (see
+  :mod:`harness.guide.h2c`); ``views: 1`` is the paper's whole-image loss;
+- ``gradient_blur`` (std in guide input pixels) and ``gradient_global_chroma``: what the loss's
+  pixel gradient passes, as if the tower sat behind :class:`harness.guide.model.InputFilter`, while
+  the loss's value stays the tower's own (see ``docs/guide.md``).
 """
 
 from __future__ import annotations
@@ -41,9 +46,10 @@ def _embedded_training(tower: str = "vit", pool: int = 2048, noise: float = 0.02
 
 
 def _blur_fits(params: dict, context: CheckContext) -> None:
-    if 3 * params["blur"] >= params["image_size"]:
-        raise HarnessError(f"guide.blur {params['blur']:g} is too wide for guide.image_size {params['image_size']} "
-                           f"(at most {(params['image_size'] - 1) / 3:.3g})", "lower guide.blur or raise guide.image_size")
+    for key in ("blur", "gradient_blur"):
+        if 3 * params[key] >= params["image_size"]:
+            raise HarnessError(f"guide.{key} {params[key]:g} is too wide for guide.image_size {params['image_size']} "
+                               f"(at most {(params['image_size'] - 1) / 3:.3g})", f"lower guide.{key} or raise guide.image_size")
 
 
 @GUIDES.register("embedded", check=_blur_fits)
@@ -53,13 +59,17 @@ def embedded(steps: Annotated[int, Field(ge=1)] = 400, seed: int = 0, cache_dir:
              image_size: Annotated[int, Field(ge=8)] = 32, align_weight: NonNegative = 2.0,
              rank_weight: NonNegative = 0.0, adversarial_steps: Annotated[int, Field(ge=1)] = 1,
              align_radius: NonNegative = 0.0, blur: NonNegative = 0.0, global_chroma: bool = False,
-             cast_weight: NonNegative = 0.0):
+             cast_weight: NonNegative = 0.0, gradient_blur: NonNegative = 3.0, gradient_global_chroma: bool = True):
     """The harness's own degradation-aware tiny CLIP (trained once, then cached): a ``Guide``.
     ``blur`` (in guide input pixels) and ``global_chroma``: what its image tower sees
-    (:class:`harness.guide.model.InputFilter`)."""
+    (:class:`harness.guide.model.InputFilter`), in training and use; ``gradient_*``: what the
+    loss's pixel gradient passes, in use only (on by default since 7 December 2026: pixel descent
+    then keeps structure, and adaptation gains as much; ``gradient_blur: 0, gradient_global_chroma:
+    false`` gives the earlier gradient and its results' keys; docs/guide.md)."""
     from harness.guide.embedded import load_embedded
 
-    return load_embedded(steps=steps, seed=seed, cache=cache_dir, views=views, view_scale=view_scale,
+    use = dict(views=views, view_scale=view_scale, gradient_blur=gradient_blur, gradient_global_chroma=gradient_global_chroma)
+    return load_embedded(steps=steps, seed=seed, cache=cache_dir, use=use,
                          **_embedded_training(tower, pool, noise, direction_weight, adversarial, image_size,
                                               align_weight, rank_weight, adversarial_steps, align_radius,
                                               blur, global_chroma, cast_weight))
@@ -73,11 +83,29 @@ def _weights_resolve(params: dict, context: CheckContext) -> None:
 
 @GUIDES.register("open_clip", check=_weights_resolve)
 def open_clip_guide(model: str = "ViT-B-32", pretrained: str | None = "openai", cache_dir: Path | None = None,
-                    views: int = 1, view_scale: float = 0.5):
+                    views: int = 1, view_scale: float = 0.5, gradient_blur: NonNegative = 0.0,
+                    gradient_global_chroma: bool = False):
     """An open_clip model with weights from a cached tag or a local file: a ``Guide``."""
     from harness.guide.model import load_open_clip
 
-    return load_open_clip(model, pretrained, cache_dir, views=views, view_scale=view_scale)
+    return load_open_clip(model, pretrained, cache_dir, views=views, view_scale=view_scale,
+                          gradient_blur=gradient_blur, gradient_global_chroma=gradient_global_chroma)
+
+
+PLAIN_GRADIENT = {"gradient_blur": 0.0, "gradient_global_chroma": False}
+
+
+def gradient_filter(type: str, params: dict) -> dict:
+    """The gradient-filter settings a guide entry stands for (given, or its type's default) where they
+    differ from the plain gradient. Adaptation keys add them to the entry, so a default that changes
+    makes results adapted under the old one stale, and results with the plain gradient keep their keys."""
+    import inspect
+
+    if type not in GUIDES:
+        return {}
+    signature = inspect.signature(GUIDES.get(type)).parameters
+    chosen = {key: params.get(key, signature[key].default) for key in PLAIN_GRADIENT if key in signature}
+    return {key: value for key, value in chosen.items() if value != PLAIN_GRADIENT[key]}
 
 
 def build_guide(type: str, **params) -> Guide:

@@ -113,8 +113,9 @@ def config_key(steps: int, seed: int, **training) -> str:
 
 
 def load_embedded(steps: int = 600, seed: int = 0, cache: Path | None = None, progress: bool = True,
-                  views: int = 8, view_scale: float = 0.5, **training) -> Guide:
-    """The embedded guide, trained on first use and loaded from the cache afterwards."""
+                  use: dict | None = None, **training) -> Guide:
+    """The embedded guide, trained on first use and loaded from the cache afterwards; ``use``: how the
+    loss uses it (the :class:`Guide` fields views, view_scale, gradient_blur, gradient_global_chroma)."""
     model_name = training.get("model_name", TINY_MODEL)
     key = config_key(steps, seed, **training)
     path = cache_dir(cache) / f"{key}.safetensors"
@@ -136,7 +137,7 @@ def load_embedded(steps: int = 600, seed: int = 0, cache: Path | None = None, pr
             state.unlink(missing_ok=True)  # our own resumable state, no longer needed
     pre = open_clip.get_model_preprocess_cfg(model)
     info = {"type": "embedded", "model": model_name, "config_hash": key, "pretrained": str(path),
-            "sha256": file_sha256(path), "views": views, "view_scale": view_scale,
+            "sha256": file_sha256(path), **(use or {}),
             "training": {k: v for k, v in summary.items() if k != "curve"}}
     return Guide(model, open_clip.get_tokenizer(model_name), input_size(model),
-                 tuple(pre["mean"]), tuple(pre["std"]), info, views=views, view_scale=view_scale)
+                 tuple(pre["mean"]), tuple(pre["std"]), info, **(use or {}))

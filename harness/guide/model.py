@@ -42,11 +42,19 @@ class Guide:
     info: dict[str, Any] = field(default_factory=dict)
     views: int = 1  # random views per image in the H2C loss (1: the whole image, as the paper)
     view_scale: float = 0.5  # smallest crop side, as a fraction of the image's shorter side
+    # what the pixel gradient passes (an InputFilter's, by its vector-Jacobian product); values unchanged
+    gradient_blur: float = 0.0
+    gradient_global_chroma: bool = False
 
     def __post_init__(self) -> None:
         if self.views < 1 or not 0 < self.view_scale <= 1:
             raise HarnessError(f"guide views={self.views}, view_scale={self.view_scale} are out of range",
                                "set guide.views >= 1 and 0 < guide.view_scale <= 1")
+        if not 0 <= 3 * self.gradient_blur < self.image_size:
+            raise HarnessError(f"guide.gradient_blur {self.gradient_blur:g} is out of range for the guide's "
+                               f"{self.image_size} px input", f"set it in [0, {(self.image_size - 1) / 3:.3g}]")
+        self._gradient_filter = (InputFilter(self.gradient_blur, self.gradient_global_chroma)
+                                 if self.gradient_blur > 0 or self.gradient_global_chroma else None)
         self.model.eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
@@ -60,7 +68,10 @@ class Guide:
                               align_corners=False, antialias=True)
         mean = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
         std = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-        return (x - mean) / std
+        x = (x - mean) / std
+        if self._gradient_filter is not None and x.requires_grad:
+            x = _FilteredGradient.apply(x, self._gradient_filter)
+        return x
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """Unit-norm embeddings of NCHW images in [0, 1] (gradients flow to ``images``)."""
@@ -150,6 +161,23 @@ class InputFilter(nn.Module):
         return f"blur={self.blur:g}, global_chroma={self.global_chroma}"
 
 
+class _FilteredGradient(torch.autograd.Function):
+    """The identity whose backward passes the gradient through a linear filter's adjoint: the
+    gradient a tower behind ``filter`` would have, for a tower that sees the image unfiltered."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, filter: nn.Module) -> torch.Tensor:
+        ctx.filter = filter
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        with torch.enable_grad():
+            probe = torch.zeros_like(grad, requires_grad=True)
+            (passed,) = torch.autograd.grad(ctx.filter(probe), probe, grad)
+        return passed, None
+
+
 def with_input_filter(model: nn.Module, blur: float = 0.0, global_chroma: bool = False) -> nn.Module:
     """``model`` (open_clip) with an :class:`InputFilter` applied to every input of its image tower
     (``model.visual.input_filter``, run by a forward pre-hook); unchanged when the filter does nothing."""
@@ -184,11 +212,12 @@ def architecture_only(model: str, device: str = "meta") -> Guide:
     return _as_guide(clip, model, {"type": "architecture_only", "model": model, "sha256": None})
 
 
-def _as_guide(clip: nn.Module, model: str, info: dict[str, Any], views: int = 1, view_scale: float = 0.5) -> Guide:
-    """Wrap an open_clip model with its tokenizer and preprocessing."""
+def _as_guide(clip: nn.Module, model: str, info: dict[str, Any], **use: Any) -> Guide:
+    """Wrap an open_clip model with its tokenizer and preprocessing; ``use``: the :class:`Guide`
+    fields of how the loss uses it (views, view_scale, gradient_blur, gradient_global_chroma)."""
     pre = open_clip.get_model_preprocess_cfg(clip)
-    return Guide(clip, open_clip.get_tokenizer(model), image_size(clip), tuple(pre["mean"]), tuple(pre["std"]), info,
-                 views=views, view_scale=view_scale)
+    return Guide(clip, open_clip.get_tokenizer(model), image_size(clip), tuple(pre["mean"]), tuple(pre["std"]),
+                 {**info, **use}, **use)
 
 
 def _looks_like_path(value: str) -> bool:
@@ -260,9 +289,9 @@ def resolve_weights(model: str, pretrained: str | None, cache_dir: Path | None =
     return weights, f"{pretrained} ({weights})"
 
 
-def load_open_clip(model: str, pretrained: str | None, cache_dir: Path | None = None, views: int = 1,
-                   view_scale: float = 0.5) -> Guide:
-    """An open_clip guide from a cached tag, a local weights file, or (``pretrained=None``) random weights."""
+def load_open_clip(model: str, pretrained: str | None, cache_dir: Path | None = None, **use: Any) -> Guide:
+    """An open_clip guide from a cached tag, a local weights file, or (``pretrained=None``) random weights;
+    ``use``: how the loss uses it (:func:`_as_guide`)."""
     weights, source = resolve_weights(model, pretrained, cache_dir)
     try:
         clip = create_model(model, pretrained=str(weights) if weights else None)
@@ -270,5 +299,5 @@ def load_open_clip(model: str, pretrained: str | None, cache_dir: Path | None = 
         raise HarnessError(f"guide weights {weights} do not load into open_clip {model} ({type(err).__name__})",
                            "set guide.pretrained to weights of that model, or guide.model to theirs") from None
     info = {"type": "open_clip", "model": model, "pretrained": source,
-            "sha256": file_sha256(weights) if weights else None, "views": views, "view_scale": view_scale}
-    return _as_guide(clip, model, info, views, view_scale)
+            "sha256": file_sha256(weights) if weights else None}
+    return _as_guide(clip, model, info, **use)
