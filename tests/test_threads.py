@@ -91,3 +91,16 @@ def test_torchrun_ranks_split_the_free_cores(machine, monkeypatch):
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     machine([_stat((5, 5), (5, 5)), _stat((5, 25), (5, 25))], load=0.0)
     assert threads.thread_share().threads == 1
+
+
+def test_torchrun_ranks_starting_together_do_not_count_each_other_as_busy(machine, monkeypatch):
+    # 4 cores, 2 ranks; the sample sees one core busy: the sibling rank starting up, not another program
+    monkeypatch.setattr(threads.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    monkeypatch.setattr(threads.os, "cpu_count", lambda: 4)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    busy_one = [_stat((5, 5), (5, 5), (5, 5), (5, 5)), _stat((25, 5), (5, 25), (5, 25), (5, 25))]
+    machine(busy_one, load=0.0)
+    assert (threads.thread_share().threads, threads.thread_share().busy) == (2, 0)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")  # alone, that core is another program's
+    machine(busy_one, load=0.0)
+    assert threads.thread_share().threads == 3

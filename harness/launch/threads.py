@@ -17,8 +17,10 @@ second busy process on a 2-core machine one training step took 6.7 s instead of 
 Why not the load average: it is a mean decaying over minutes, so for minutes after a run ends (the
 user's previous harness run included) it counts idle cores as busy, and the run that starts then
 keeps one thread for its whole length. Measured on an idle 2-core machine, the quickstart (3 seeds,
-empty caches) started a minute after a 2-thread job got 1 thread and took 339 s (guide training
+empty caches) started just after another job had ended got 1 thread and took 339 s (guide training
 218 s); sampling the cores it got 2 threads and took 203 s (122 s) with the load average still 1.
+torchrun's ranks start together, so each sees its siblings busy starting up: they are taken out
+of ``busy``, being counted in ``processes`` already.
 """
 
 from __future__ import annotations
@@ -128,7 +130,8 @@ def thread_share(processes: int | None = None) -> ThreadShare:
         if value.isdigit() and int(value) >= 1 and not torchrun_default:
             return ThreadShare(int(value), cores, None, processes, var)
     whole_machine = len(cpus) >= (os.cpu_count() or len(cpus))  # no cpuset: other users' load lands on our cores
-    busy = min(cores - 1, _busy_cores(cpus)) if whole_machine else 0
+    siblings = processes_on_this_node() - 1  # torchrun ranks starting beside us, already in `processes`
+    busy = min(cores - 1, max(0, _busy_cores(cpus) - siblings)) if whole_machine else 0
     return ThreadShare(max(1, (cores - busy) // processes), cores, busy, processes, "rule")
 
 
