@@ -300,3 +300,38 @@ def test_verdict_needs_ssim_as_well_as_psnr():
     assert probe(ToTarget(clear), hazy, clear, steps=60, lr=0.02).verdict() == "leads towards the ground truth"
     cast = edit("colour cast", hazy, clear)
     assert probe(ToTarget(cast), hazy, clear, steps=60, lr=0.02).verdict() == "is fooled (PSNR falls)"
+
+
+def test_the_probe_keeps_the_descent_at_a_few_steps_and_grids_them(tmp_path):
+    """The grid's columns are the start, the descent after steps // 5, steps // 2 and all steps, and
+    the ground truth; the kept images are the descent's own (the last is its output, and a loss
+    pulling to the truth gets closer at each kept step), and the trajectory scores them."""
+    from PIL import Image
+
+    from harness.guide.probe import save_grid
+
+    hazy, clear = pairs(n=5)
+    result = probe(ToTarget(clear), hazy, clear, steps=20, lr=0.005)  # 0.1 RMS in all: short of the truth
+    assert [title for title, _ in result.panels] == ["input", "4 steps", "10 steps", "20 steps", "ground truth"]
+    assert torch.equal(result.panels[0][1], hazy) and torch.equal(result.panels[-1][1], clear)
+    psnrs = [t["psnr"] for t in result.descent["trajectory"]]
+    assert [t["step"] for t in result.descent["trajectory"]] == [4, 10, 20]
+    assert psnrs == sorted(psnrs) and psnrs[-1] == pytest.approx(result.descent["psnr_after"])
+    mse_at_4 = F.mse_loss(result.panels[1][1], clear, reduction="none").flatten(1).mean(1)
+    assert psnrs[0] == pytest.approx(float((10 * torch.log10(1 / mse_at_4)).mean()), abs=0.01)
+    assert "panels" not in result.figures() and json.dumps(result.figures())
+    with Image.open(save_grid(result, tmp_path / "grid.png", rows=3)) as im:
+        width, height = im.size
+    assert width > height  # 5 columns, 3 rows
+
+
+def test_probe_command_writes_the_grid_and_the_json(tmp_path):
+    """End to end on a guide trained for two steps (its figures mean nothing; the files are the test)."""
+    grid, figures = tmp_path / "grid.png", tmp_path / "probe.json"
+    proc = _cli("guide", "probe", "recipes/quickstart.yaml", "--set", "guide.steps=2", "--set", "guide.pool=32",
+                "--set", f"guide.cache_dir={tmp_path}", "--images", "2", "--size", "32", "--steps", "5",
+                "--grid", str(grid), "--json", str(figures), cwd=os.getcwd())
+    assert proc.returncode == 0, proc.stderr
+    assert grid.stat().st_size > 0 and f"descended images: {grid}" in proc.stdout.replace("\n", "")
+    written = json.loads(figures.read_text())
+    assert [t["step"] for t in written["descent"]["trajectory"]] == [1, 2, 5] and "panels" not in written

@@ -27,15 +27,15 @@ def probe_command(
                                               "outputs, where adapting it starts, instead of from the hazy input"),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="recipe override, key.path=value (repeatable)"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="also write the figures to this JSON file"),
+    grid: Optional[Path] = typer.Option(None, "--grid", help="also save the descended images to this PNG (rows: "
+                                        "images; columns: the start, a few steps, the ground truth)"),
 ) -> None:
     """H2C loss of the ground truth, the input and simple edits, and PSNR/SSIM after pixel-space H2C descent."""
-    from dataclasses import asdict
-
     from rich.console import Console
     from rich.table import Table
 
     from harness.errors import HarnessError
-    from harness.guide.probe import OPTIMISERS, probe_recipe
+    from harness.guide.probe import OPTIMISERS, probe_recipe, save_grid
     from harness.validate import load_recipe
 
     if optimiser not in OPTIMISERS:
@@ -68,9 +68,14 @@ def probe_command(
         console.print(f"warning: the guide scores the {d['start']} clearer than the ground truth "
                       f"({result.h2c[d['start']]:.3f} < {result.h2c['ground truth']:.3f}), so its gradient there "
                       "leads away from the truth")
+    trajectory = ", ".join(f"{t['step']}: {t['psnr']:.2f} / {t['ssim']:.3f}" for t in d["trajectory"])
+    if trajectory:
+        console.print(f"PSNR / SSIM after steps {trajectory}", highlight=False)
+    if grid is not None:
+        console.print(f"descended images: {save_grid(result, grid)}", highlight=False)
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(asdict(result), indent=1))
+        json_out.write_text(json.dumps(result.figures(), indent=1))
 
 
 def tune_command(

@@ -24,8 +24,9 @@ gradient that shifts colour only as a whole comes out as regional colour blotche
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -79,10 +80,11 @@ OPTIMISERS = ("gd", "adam")
 
 
 def descend(loss_fn, hazy: torch.Tensor, steps: int, lr: float, optimiser: str = "gd",
-            start: torch.Tensor | None = None) -> tuple[torch.Tensor, list[float]]:
+            start: torch.Tensor | None = None, on_step: Callable[[int, torch.Tensor], None] | None = None
+            ) -> tuple[torch.Tensor, list[float]]:
     """``steps`` steps of ``loss_fn(x, hazy)`` on the pixels ``x`` (from ``start``, default ``hazy``;
     kept in [0, 1]), by steepest descent (``gd``: ``lr`` root-mean-square per pixel and step) or by
-    Adam (``adam``: ``lr``).
+    Adam (``adam``: ``lr``); ``on_step(k, x)`` sees the pixels after each step k (1-based).
 
     Each step's gradient is scaled to unit norm per image first. H2C's cosine is singular at the
     input (``x == hazy``): its first gradient is about 1e7 times the later ones, and unscaled it would
@@ -94,7 +96,7 @@ def descend(loss_fn, hazy: torch.Tensor, steps: int, lr: float, optimiser: str =
     per_image = x[0].numel() ** 0.5  # a unit-norm step is 1/sqrt(n) per pixel in root mean square
     opt = torch.optim.Adam([x], lr=lr) if optimiser == "adam" else torch.optim.SGD([x], lr=lr * per_image)
     curve = []
-    for _ in range(steps):
+    for k in range(1, steps + 1):
         loss = loss_fn(x, hazy)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -104,6 +106,8 @@ def descend(loss_fn, hazy: torch.Tensor, steps: int, lr: float, optimiser: str =
         with torch.no_grad():
             x.clamp_(0, 1)
         curve.append(loss.item())
+        if on_step is not None:
+            on_step(k, x.detach())
     return x.detach(), curve
 
 
@@ -112,8 +116,14 @@ class ProbeResult:
     benchmark: str
     images: int
     h2c: dict[str, float]  # edit name -> mean H2C loss
-    descent: dict[str, float]  # steps, lr, loss/PSNR/SSIM before and after, colour shift
+    descent: dict[str, float]  # steps, lr, loss/PSNR/SSIM before and after, colour shift, trajectory
     curve: list[float] = field(default_factory=list)
+    # the grid's columns: (title, NCHW batch): the start, the descent at a few steps, the ground truth
+    panels: list[tuple[str, torch.Tensor]] = field(default_factory=list, repr=False)
+
+    def figures(self) -> dict:
+        """Everything but the images (what ``--json`` writes)."""
+        return {k: v for k, v in asdict(self).items() if k != "panels"}
 
     @property
     def psnr_gain(self) -> float:
@@ -135,7 +145,7 @@ class ProbeResult:
         if self.psnr_gain <= 0:
             return "is fooled (PSNR falls)"
         if self.ssim_gain < 0:
-            return "is fooled in structure (PSNR rises, SSIM falls: look at the descended images)"
+            return "is fooled in structure (PSNR rises, SSIM falls: look at the descended images, --grid)"
         return "leads towards the ground truth"
 
 
@@ -169,7 +179,14 @@ def probe(loss_fn, hazy: torch.Tensor, clear: torch.Tensor, benchmark: str = "",
                    for name, x in images.items()}
         begin = "input" if start is None else MODEL_OUTPUT
         alignment = gradient_alignment(loss_fn, hazy, clear, start)
-        out, curve = descend(loss_fn, hazy, steps, lr, optimiser, start)
+        shown = sorted({max(1, steps // 5), max(1, steps // 2), steps}) if steps else []
+        kept: dict[int, torch.Tensor] = {}
+
+        def keep(k: int, x: torch.Tensor) -> None:
+            if k in shown:
+                kept[k] = x.clone()
+
+        out, curve = descend(loss_fn, hazy, steps, lr, optimiser, start, on_step=keep)
     shift = np.linalg.norm(lab_ab(out) - lab_ab(hazy), axis=1).mean()
     truth_shift = np.linalg.norm(lab_ab(clear) - lab_ab(hazy), axis=1).mean()
     descent = {"start": begin, "steps": steps, "lr": lr, "optimiser": optimiser, "loss_before": h2c[begin],
@@ -177,8 +194,39 @@ def probe(loss_fn, hazy: torch.Tensor, clear: torch.Tensor, benchmark: str = "",
                "psnr_before": _mean_metric(psnr, images[begin], clear), "psnr_after": _mean_metric(psnr, out, clear),
                "ssim_before": _mean_metric(ssim, images[begin], clear), "ssim_after": _mean_metric(ssim, out, clear),
                "lab_shift": float(shift), "lab_shift_ground_truth": float(truth_shift),
-               "gradient_alignment": alignment}
-    return ProbeResult(benchmark, len(hazy), h2c, descent, curve)
+               "gradient_alignment": alignment,
+               "trajectory": [{"step": k, "psnr": _mean_metric(psnr, x, clear), "ssim": _mean_metric(ssim, x, clear)}
+                              for k, x in kept.items()]}
+    panels = [(begin, images[begin]), *((f"{k} steps", x) for k, x in kept.items()), ("ground truth", clear)]
+    return ProbeResult(benchmark, len(hazy), h2c, descent, curve, panels)
+
+
+def save_grid(result: ProbeResult, out: Path, rows: int = 4) -> Path:
+    """A PNG of the first ``rows`` images (rows) in each of the result's panels (columns: the
+    descent's start, a few of its steps, the ground truth), titled with each column's mean PSNR/SSIM."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scores = {f"{t['step']} steps": t for t in result.descent.get("trajectory", [])}
+    scores[result.descent["start"]] = {"psnr": result.descent["psnr_before"], "ssim": result.descent["ssim_before"]}
+    n = min(rows, result.images)
+    fig, axes = plt.subplots(n, len(result.panels), figsize=(1.9 * len(result.panels), 1.9 * n + 0.5), squeeze=False)
+    for c, (title, batch) in enumerate(result.panels):
+        score = scores.get(title)
+        axes[0][c].set_title(title + (f"\n{score['psnr']:.2f} dB, SSIM {score['ssim']:.3f}" if score else ""),
+                             fontsize="x-small")
+        for r in range(n):
+            axes[r][c].imshow(batch[r].permute(1, 2, 0).clamp(0, 1).cpu().numpy())
+            axes[r][c].set_xticks([])
+            axes[r][c].set_yticks([])
+    fig.suptitle(f"H2C pixel descent on {result.benchmark} (means over {result.images} images)", fontsize="small")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
 
 
 def benchmark_batch(dataset, count: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
