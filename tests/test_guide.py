@@ -530,3 +530,13 @@ def test_the_embedded_default_gradient_filter_is_in_the_adaptation_key_and_off_g
     assert GuideConfig(type="embedded", gradient_blur=2).spec() == {**earlier, "gradient_blur": 2.0,
                                                                     "gradient_global_chroma": True}
     assert GuideConfig(type="open_clip").spec() == {**earlier, "type": "open_clip"}  # off by default there
+
+
+def test_a_filtered_gradient_refuses_a_second_derivative():
+    """Its backward is first-order only; differentiating it again must fail, not return a wrong number."""
+    from harness.guide.model import InputFilter, _FilteredGradient
+
+    x = torch.rand(1, 3, 16, 16, requires_grad=True)
+    (grad,) = torch.autograd.grad((_FilteredGradient.apply(x, InputFilter(1.0, True)) ** 2).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="differentiate twice"):
+        grad.sum().backward()

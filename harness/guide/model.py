@@ -18,6 +18,7 @@ import open_clip
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 from torchvision.transforms.v2.functional import gaussian_blur
 
 from harness.errors import HarnessError
@@ -163,7 +164,9 @@ class InputFilter(nn.Module):
 
 class _FilteredGradient(torch.autograd.Function):
     """The identity whose backward passes the gradient through a linear filter's adjoint: the
-    gradient a tower behind ``filter`` would have, for a tower that sees the image unfiltered."""
+    gradient a tower behind ``filter`` would have, for a tower that sees the image unfiltered.
+    First order only, and a second derivative is refused (nothing differentiates H2C twice:
+    BiLaLoRA's hypergradient is first-order)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, filter: nn.Module) -> torch.Tensor:
@@ -171,6 +174,7 @@ class _FilteredGradient(torch.autograd.Function):
         return x.clone()
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         with torch.enable_grad():
             probe = torch.zeros_like(grad, requires_grad=True)
