@@ -15,9 +15,8 @@ from typing import List, Optional
 import typer
 from typer.core import TyperGroup
 
-from harness.errors import EXIT_PREEMPTED, HarnessError
+from harness.errors import EXIT_BAD_INPUT, EXIT_PREEMPTED, HarnessError
 
-EXIT_BAD_INPUT = 2
 
 # name -> (module:attribute, one-line help): imported only when the command runs
 LAZY_COMMANDS: dict[str, tuple[str, str]] = {

@@ -9,6 +9,7 @@ class HarnessError(Exception):
         super().__init__(" ".join(message.split()))
 
 
+EXIT_BAD_INPUT = 2  # a HarnessError: bad input, one line on stderr
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: a process whose loop was preempted (state saved; run it again to resume)
 
 

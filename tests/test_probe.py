@@ -312,7 +312,7 @@ def test_the_probe_keeps_the_descent_at_a_few_steps_and_grids_them(tmp_path):
 
     hazy, clear = pairs(n=5)
     result = probe(ToTarget(clear), hazy, clear, steps=20, lr=0.005)  # 0.1 RMS in all: short of the truth
-    assert [title for title, _ in result.panels] == ["input", "4 steps", "10 steps", "20 steps", "ground truth"]
+    assert [title for title, _, _ in result.panels] == ["input", "4 steps", "10 steps", "20 steps", "ground truth"]
     assert torch.equal(result.panels[0][1], hazy) and torch.equal(result.panels[-1][1], clear)
     psnrs = [t["psnr"] for t in result.descent["trajectory"]]
     assert [t["step"] for t in result.descent["trajectory"]] == [4, 10, 20]

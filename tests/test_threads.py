@@ -40,12 +40,13 @@ def machine(monkeypatch):
     monkeypatch.setattr(threads.time, "sleep", lambda s: None)
 
     def set_machine(samples, load):
-        monkeypatch.setattr(threads, "_MEASURED", {})
+        threads._busy_cores.cache_clear()
         readings = iter(samples)
         monkeypatch.setattr(threads, "_read_stat", lambda: next(readings))
         monkeypatch.setattr(threads.os, "getloadavg", lambda: (load, load, load))
 
-    return set_machine
+    yield set_machine
+    threads._busy_cores.cache_clear()  # no fake sample left for later tests in this process
 
 
 def test_idle_cores_get_all_threads_though_the_load_average_still_counts_a_finished_run(machine):

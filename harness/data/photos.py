@@ -32,7 +32,7 @@ import numpy as np
 from scipy import ndimage
 
 from harness.data.io import read_image
-from harness.errors import HarnessError
+from harness.errors import EXIT_BAD_INPUT, HarnessError
 
 # (distribution, file inside it); the distribution's installed files are found through its RECORD
 POOLS: dict[str, tuple[tuple[str, str], ...]] = {
@@ -174,6 +174,6 @@ if __name__ == "__main__":
 
     try:
         _split_command(sys.argv[1:])
-    except HarnessError as err:
+    except HarnessError as err:  # as the harness CLI reports one
         print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(EXIT_BAD_INPUT) from None

@@ -118,8 +118,9 @@ class ProbeResult:
     h2c: dict[str, float]  # edit name -> mean H2C loss
     descent: dict[str, float]  # steps, lr, loss/PSNR/SSIM before and after, colour shift, trajectory
     curve: list[float] = field(default_factory=list)
-    # the grid's columns: (title, NCHW batch): the start, the descent at a few steps, the ground truth
-    panels: list[tuple[str, torch.Tensor]] = field(default_factory=list, repr=False)
+    # the grid's columns: (title, NCHW batch, its mean PSNR/SSIM or None): the start, the descent at a
+    # few steps, the ground truth
+    panels: list[tuple[str, torch.Tensor, dict | None]] = field(default_factory=list, repr=False)
 
     def figures(self) -> dict:
         """Everything but the images (what ``--json`` writes)."""
@@ -189,15 +190,17 @@ def probe(loss_fn, hazy: torch.Tensor, clear: torch.Tensor, benchmark: str = "",
         out, curve = descend(loss_fn, hazy, steps, lr, optimiser, start, on_step=keep)
     shift = np.linalg.norm(lab_ab(out) - lab_ab(hazy), axis=1).mean()
     truth_shift = np.linalg.norm(lab_ab(clear) - lab_ab(hazy), axis=1).mean()
+    at = {0: images[begin], **kept, steps: out}  # the start, the kept steps, the end (the last kept one)
+    scores = {k: {"psnr": _mean_metric(psnr, x, clear), "ssim": _mean_metric(ssim, x, clear)} for k, x in at.items()}
     descent = {"start": begin, "steps": steps, "lr": lr, "optimiser": optimiser, "loss_before": h2c[begin],
                "loss_after": curve[-1] if curve else h2c[begin],
-               "psnr_before": _mean_metric(psnr, images[begin], clear), "psnr_after": _mean_metric(psnr, out, clear),
-               "ssim_before": _mean_metric(ssim, images[begin], clear), "ssim_after": _mean_metric(ssim, out, clear),
+               "psnr_before": scores[0]["psnr"], "psnr_after": scores[steps]["psnr"],
+               "ssim_before": scores[0]["ssim"], "ssim_after": scores[steps]["ssim"],
                "lab_shift": float(shift), "lab_shift_ground_truth": float(truth_shift),
                "gradient_alignment": alignment,
-               "trajectory": [{"step": k, "psnr": _mean_metric(psnr, x, clear), "ssim": _mean_metric(ssim, x, clear)}
-                              for k, x in kept.items()]}
-    panels = [(begin, images[begin]), *((f"{k} steps", x) for k, x in kept.items()), ("ground truth", clear)]
+               "trajectory": [{"step": k, **scores[k]} for k in kept]}
+    panels = [(begin, images[begin], scores[0]), *((f"{k} steps", x, scores[k]) for k, x in kept.items()),
+              ("ground truth", clear, None)]
     return ProbeResult(benchmark, len(hazy), h2c, descent, curve, panels)
 
 
@@ -209,12 +212,9 @@ def save_grid(result: ProbeResult, out: Path, rows: int = 4) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    scores = {f"{t['step']} steps": t for t in result.descent.get("trajectory", [])}
-    scores[result.descent["start"]] = {"psnr": result.descent["psnr_before"], "ssim": result.descent["ssim_before"]}
     n = min(rows, result.images)
     fig, axes = plt.subplots(n, len(result.panels), figsize=(1.9 * len(result.panels), 1.9 * n + 0.5), squeeze=False)
-    for c, (title, batch) in enumerate(result.panels):
-        score = scores.get(title)
+    for c, (title, batch, score) in enumerate(result.panels):
         axes[0][c].set_title(title + (f"\n{score['psnr']:.2f} dB, SSIM {score['ssim']:.3f}" if score else ""),
                              fontsize="x-small")
         for r in range(n):

@@ -30,6 +30,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 _THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
@@ -95,27 +96,20 @@ def cpu_jiffies(stat: str, cpus: set[int]) -> tuple[int, int] | None:
     return (working, total) if total else None
 
 
-_MEASURED: dict[frozenset[int], int] = {}  # one sample per process: every caller sees the share it was given
-
-
-def _busy_cores(cpus: set[int]) -> int:
+@lru_cache(maxsize=None)  # one sample per process: every caller sees the share it was given
+def _busy_cores(cpus: frozenset[int]) -> int:
     """Cores of ``cpus`` other programs keep busy now: their working share over a short sample,
-    rounded half up (a core counts as busy when at least half of it works); measured once per process."""
-    key = frozenset(cpus)
-    if key not in _MEASURED:
-        _MEASURED[key] = _sample_busy_cores(cpus)
-    return _MEASURED[key]
+    rounded half up (a core counts as busy when at least half of it works)."""
 
-
-def _sample_busy_cores(cpus: set[int]) -> int:
-    samples = []
-    for wait in (0.0, _SAMPLE_SECONDS):
-        time.sleep(wait)
+    def jiffies() -> tuple[int, int] | None:
         stat = _read_stat()
-        samples.append(cpu_jiffies(stat, cpus) if stat else None)
-    (work0, total0), (work1, total1) = (s or (0, 0) for s in samples)
-    if None not in samples and total1 > total0:
-        return int(len(cpus) * (work1 - work0) / (total1 - total0) + 0.5)
+        return cpu_jiffies(stat, cpus) if stat else None
+
+    before = jiffies()
+    time.sleep(_SAMPLE_SECONDS)
+    after = jiffies()
+    if before and after and after[1] > before[1]:
+        return int(len(cpus) * (after[0] - before[0]) / (after[1] - before[1]) + 0.5)
     return max(round(os.getloadavg()[0]), 0) if hasattr(os, "getloadavg") else 0
 
 
@@ -131,7 +125,7 @@ def thread_share(processes: int | None = None) -> ThreadShare:
             return ThreadShare(int(value), cores, None, processes, var)
     whole_machine = len(cpus) >= (os.cpu_count() or len(cpus))  # no cpuset: other users' load lands on our cores
     siblings = processes_on_this_node() - 1  # torchrun ranks starting beside us, already in `processes`
-    busy = min(cores - 1, max(0, _busy_cores(cpus) - siblings)) if whole_machine else 0
+    busy = min(cores - 1, max(0, _busy_cores(frozenset(cpus)) - siblings)) if whole_machine else 0
     return ThreadShare(max(1, (cores - busy) // processes), cores, busy, processes, "rule")
 
 
