@@ -159,3 +159,35 @@ def test_runtime_is_a_median_after_warmup_not_the_first_pass():
     model = SlowFirst()
     ms = runtime_ms(model, size=8, min_run_time=0.05)
     assert model.calls > 10 and ms < 0.1 * 500  # a ratio to the warm-up pass, not an absolute bound
+
+
+def test_runtime_is_timed_once_per_architecture_and_thread_count():
+    """Same architecture with other weights: the first timing is reused; another stride, or another
+    thread count, is timed anew (forward passes counted)."""
+    from harness.metrics import efficiency
+
+    calls = []
+
+    class Counted(nn.Conv2d):
+        def forward(self, x):
+            calls.append(1)
+            return super().forward(x)
+
+    def timed(stride: int) -> float:
+        before = len(calls)
+        ms = efficiency.architecture_runtime_ms(Counted(3, 4, 3, stride=stride), size=16)
+        return ms, len(calls) - before
+
+    efficiency._RUNTIMES.clear()
+    first, passes = timed(1)
+    assert passes > 3  # warm-up and timed passes
+    again, passes = timed(1)  # new weights, same architecture
+    assert (again, passes) == (first, 0)
+    assert timed(2)[1] > 3
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads + 1)
+        assert timed(1)[1] > 3
+    finally:
+        torch.set_num_threads(threads)
+        efficiency._RUNTIMES.clear()

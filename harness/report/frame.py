@@ -51,7 +51,8 @@ EFFICIENCY: list[tuple[str, str, float, int | None]] = [
 ]
 FLOP_NOTE = ("MACs@256 count multiply-adds of one 256×256 image as thop counts them (what the BiLaLoRA "
              "and DEA-Net papers call FLOPs); FLOPs@256 are torch FlopCounterMode's, 2 × MACs. "
-             "Deployed counts are of the merged model; unmerged counts add the adapter branches.")
+             "Deployed counts are of the merged model; unmerged counts add the adapter branches. "
+             "Runtime is timed once per architecture in each process, so merged adapters share their backbone's.")
 
 
 def metric_name(metric: str) -> str:
