@@ -528,3 +528,29 @@ def test_a_filtered_gradient_refuses_a_second_derivative():
     (grad,) = torch.autograd.grad((_FilteredGradient.apply(x, InputFilter(1.0, True)) ** 2).sum(), x, create_graph=True)
     with pytest.raises(RuntimeError, match="differentiate twice"):
         grad.sum().backward()
+
+
+def test_alignment_on_a_subset_is_the_alignment_of_those_crops(guide):
+    """``align_batch: 2`` on a batch whose degraded crops are 0, 2 and 3 (1 is clear) gives the full
+    alignment of crops 0-2 alone, with the same random draws."""
+    from harness.guide.training import GuideStepper
+
+    stepper = GuideStepper.__new__(GuideStepper)
+    stepper.clear_index, stepper.align_radius = 0, 0.0
+    stepper.negative_of = torch.tensor([1, 1, 2])
+    stepper.mean = stepper.std = torch.full((1, 3, 1, 1), 0.5)
+    stepper.trained = type("Trained", (), {"model": guide.model})()
+    with torch.enable_grad():
+        for p in guide.model.parameters():
+            p.requires_grad_(True)
+        torch.manual_seed(0)
+        x, clean = torch.rand(4, 3, 64, 64), torch.rand(4, 3, 64, 64)
+        y, text = torch.tensor([2, 0, 1, 2]), guide.tokenizer(["clear", "haze", "heavy haze"])
+        stepper.align_batch = 2
+        subset = stepper._alignment(x, y, clean, text, torch.Generator().manual_seed(1))
+        stepper.align_batch = 0
+        alone = stepper._alignment(x[:3], y[:3], clean[:3], text, torch.Generator().manual_seed(1))
+        every = stepper._alignment(x, y, clean, text, torch.Generator().manual_seed(1))
+        for p in guide.model.parameters():
+            p.requires_grad_(False)
+    assert torch.allclose(subset, alone, atol=1e-6) and not torch.allclose(subset, every, atol=1e-4)

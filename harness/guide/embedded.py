@@ -35,8 +35,10 @@ What makes its gradient lead towards clear images rather than fool the loss (mea
   hazy crop recoloured (a strong cast or a tinted monochrome); measured, it does not stop casts
   winning on the dev set (docs/guide.md); off by default.
 
-Training runs on the engine (:class:`harness.engine.loop.TrainLoop`): seeded, resumable, a few
-minutes on two CPU cores, then cached as safetensors keyed by a hash of its configuration.
+Training runs on the engine (:class:`harness.engine.loop.TrainLoop`): seeded, resumable, about two
+minutes on two CPU cores, then cached as safetensors keyed by a hash of its configuration. Its
+optimiser skips the token table's untouched rows (:class:`harness.engine.optim.RowSparseAdamW`:
+AdamW's result, bit for bit).
 """
 
 from __future__ import annotations

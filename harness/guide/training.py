@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from harness.engine.loop import LoopResult, TrainLoop
+from harness.engine.optim import RowSparseAdamW
 from harness.engine.strategy import Strategy, current_strategy
 from harness.guide.pairs import CAPTION_CLASSES, Captioned
 
@@ -38,9 +39,9 @@ class GuideStepper:
                  steps: int, lr: float, batch_size: int, noise: float, strategy: Strategy,
                  weight_decay: float = 0.05, direction_weight: float = 1.0, adversarial: float = 0.0,
                  align_weight: float = 0.0, rank_weight: float = 0.0, adversarial_steps: int = 1,
-                 align_radius: float = 0.0, cast_weight: float = 0.0):
+                 align_radius: float = 0.0, cast_weight: float = 0.0, align_batch: int = 0):
         self.data = data
-        self.cast_weight = cast_weight
+        self.cast_weight, self.align_batch = cast_weight, align_batch
         self.adversarial_steps, self.align_radius = adversarial_steps, align_radius
         self.batch_size, self.noise, self.strategy = batch_size, noise, strategy
         self.direction_weight, self.adversarial, self.align_weight = direction_weight, adversarial, align_weight
@@ -59,8 +60,9 @@ class GuideStepper:
         self.mean = torch.tensor(pre["mean"]).view(1, 3, 1, 1).to(strategy.device)
         self.std = torch.tensor(pre["std"]).view(1, 3, 1, 1).to(strategy.device)
         self.tokens = [tokenizer(list(captions)) for _, captions in CAPTION_CLASSES]
+        tables = [m.weight for m in model.modules() if isinstance(m, torch.nn.Embedding)]  # the token table
         self.trained = strategy.prepare(model, [p for p in model.parameters() if p.requires_grad],
-                                        lambda p: torch.optim.AdamW(p, lr=lr, weight_decay=weight_decay))
+                                        lambda p: RowSparseAdamW(p, tables=tables, lr=lr, weight_decay=weight_decay))
         self.schedule = torch.optim.lr_scheduler.OneCycleLR(self.trained.optimiser, max_lr=lr,
                                                             total_steps=max(steps, 1), pct_start=0.1)
 
@@ -122,6 +124,8 @@ class GuideStepper:
         clean image (double backprop). Points run from the degraded crop (a = 1) past the clean one
         (a < 0: overdone, e.g. too much contrast), so the gradient also leads back from overshoots."""
         degraded = y != self.clear_index
+        if self.align_batch:  # the batch is drawn at random: its first degraded crops are a random subset
+            degraded &= torch.cumsum(degraded, 0) <= self.align_batch
         if not degraded.any():
             return torch.zeros((), device=x.device)
         a = (torch.rand(int(degraded.sum()), 1, 1, 1, generator=rng) * 1.5 - 0.5).to(x.device)

@@ -1,0 +1,74 @@
+"""RowSparseAdamW against torch's AdamW: the same parameters and moments, bit for bit."""
+
+import copy
+
+import torch
+from torch import nn
+
+from harness.engine.optim import RowSparseAdamW
+
+
+class Tagger(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.table = nn.Embedding(500, 32)
+        self.head = nn.Linear(32, 3)
+
+    def forward(self, tokens):
+        return self.head(self.table(tokens).mean(1))
+
+
+def train(model, optimiser, steps, seed=0, vocabulary=40):
+    """Steps on token batches from a small vocabulary that grows: rows are first touched mid-way."""
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=0.05, total_steps=40)
+    rng = torch.Generator().manual_seed(seed)
+    for step in range(steps):
+        tokens = torch.randint(vocabulary + 3 * step, (8, 5), generator=rng)
+        labels = torch.randint(3, (8,), generator=rng)
+        optimiser.zero_grad()
+        nn.functional.cross_entropy(model(tokens), labels).backward()
+        optimiser.step()
+        schedule.step()
+
+
+def optimisers(model):
+    stock = torch.optim.AdamW(model.parameters(), lr=0.05, weight_decay=0.1)
+    twin = copy.deepcopy(model)
+    sparse = RowSparseAdamW(twin.parameters(), tables=[twin.table.weight], lr=0.05, weight_decay=0.1)
+    return (model, stock), (twin, sparse)
+
+
+def assert_same(a, b):
+    for (name, p), q in zip(a.named_parameters(), b.parameters()):
+        assert torch.equal(p, q), name
+
+
+def test_same_parameters_and_moments_as_adamw():
+    torch.manual_seed(0)
+    (model, stock), (twin, sparse) = optimisers(Tagger())
+    train(model, stock, 30)
+    train(twin, sparse, 30)
+    assert_same(model, twin)
+    for p, q in zip(model.parameters(), twin.parameters()):
+        for key in ("exp_avg", "exp_avg_sq", "step"):
+            assert torch.equal(stock.state[p][key], sparse.state[q][key]), key
+    untouched = sparse.state[twin.table.weight]["exp_avg_sq"].eq(0).all(1)
+    assert 100 < int(untouched.sum()) < 500  # some rows skipped, and the decay still reached them:
+    assert not torch.equal(twin.table.weight[untouched], Tagger().table.weight[untouched])
+
+
+def test_resumes_from_an_adamw_checkpoint():
+    """Both optimisers continue from one AdamW checkpoint (its moments say which rows were touched)."""
+    torch.manual_seed(0)
+    model = Tagger()
+    stock = torch.optim.AdamW(model.parameters(), lr=0.05, weight_decay=0.1)
+    train(model, stock, 12)
+    resumed = []
+    for make in (torch.optim.AdamW, lambda params, **kw: RowSparseAdamW(params, tables=[twin.table.weight], **kw)):
+        twin = Tagger()
+        twin.load_state_dict(model.state_dict())
+        optimiser = make(twin.parameters(), lr=0.05, weight_decay=0.1)
+        optimiser.load_state_dict(copy.deepcopy(stock.state_dict()))  # loading shares the moments
+        train(twin, optimiser, 10, seed=1, vocabulary=200)
+        resumed.append(twin)
+    assert_same(*resumed)
