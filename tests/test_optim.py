@@ -64,10 +64,11 @@ def test_resumes_from_an_adamw_checkpoint():
     stock = torch.optim.AdamW(model.parameters(), lr=0.05, weight_decay=0.1)
     train(model, stock, 12)
     resumed = []
-    for make in (torch.optim.AdamW, lambda params, **kw: RowSparseAdamW(params, tables=[twin.table.weight], **kw)):
+    for sparse in (False, True):
         twin = Tagger()
         twin.load_state_dict(model.state_dict())
-        optimiser = make(twin.parameters(), lr=0.05, weight_decay=0.1)
+        optimiser = (RowSparseAdamW(twin.parameters(), tables=[twin.table.weight], lr=0.05, weight_decay=0.1)
+                     if sparse else torch.optim.AdamW(twin.parameters(), lr=0.05, weight_decay=0.1))
         optimiser.load_state_dict(copy.deepcopy(stock.state_dict()))  # loading shares the moments
         train(twin, optimiser, 10, seed=1, vocabulary=200)
         resumed.append(twin)
