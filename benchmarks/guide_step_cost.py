@@ -2,9 +2,10 @@
 
 Trains the embedded guide's default recipe (``train_embedded``: its model, objective and batch; a
 smaller data pool, since drawing the pairs is not timed) for ``--steps`` steps with each optimiser in
-turn, ``--rounds`` times, and prints each round's seconds per step, the medians and their ratio. Both optimisers give the same
-weights bit for bit (``tests/test_optim.py``), so the ratio is the whole gain. ``--align-batch N``
-times the guide option ``align_batch`` as well (the gradient alignment on at most N degraded crops).
+turn, ``--rounds`` times, and prints each round's seconds per step, the medians and their ratio.
+Both optimisers give the same weights bit for bit (``tests/test_optim.py``), so the ratio is the
+whole gain. ``--align-batch N`` times the guide option ``align_batch`` as well (the gradient
+alignment on at most N degraded crops).
 
     python benchmarks/guide_step_cost.py [--steps 40] [--rounds 3] [--threads 2] [--align-batch 32]
 """

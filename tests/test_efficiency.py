@@ -173,7 +173,7 @@ def test_runtime_is_timed_once_per_architecture_and_thread_count():
             calls.append(1)
             return super().forward(x)
 
-    def timed(stride: int) -> float:
+    def timed(stride: int) -> tuple[float, int]:
         before = len(calls)
         ms = efficiency.architecture_runtime_ms(Counted(3, 4, 3, stride=stride), size=16)
         return ms, len(calls) - before

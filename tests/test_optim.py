@@ -73,3 +73,24 @@ def test_resumes_from_an_adamw_checkpoint():
         train(twin, optimiser, 10, seed=1, vocabulary=200)
         resumed.append(twin)
     assert_same(*resumed)
+
+
+
+def test_loading_a_checkpoint_into_a_stepped_optimiser_forgets_the_rows_it_had_touched():
+    """An optimiser that touched rows 0-10 loads a checkpoint whose moments cover rows 0-232; the
+    steps after it, whose gradients reach only rows 0-14, match AdamW's from the same checkpoint."""
+    torch.manual_seed(0)
+    model = Tagger()
+    stock = torch.optim.AdamW(model.parameters(), lr=0.05, weight_decay=0.1)
+    train(model, stock, 12, vocabulary=200)
+    weights, moments = copy.deepcopy(model.state_dict()), stock.state_dict()
+    twin = Tagger()
+    sparse = RowSparseAdamW(twin.parameters(), tables=[twin.table.weight], lr=0.05, weight_decay=0.1)
+    train(twin, sparse, 3, seed=2, vocabulary=5)
+    reference = Tagger()
+    for net, optimiser in ((reference, torch.optim.AdamW(reference.parameters(), lr=0.05, weight_decay=0.1)),
+                           (twin, sparse)):
+        net.load_state_dict(weights)
+        optimiser.load_state_dict(copy.deepcopy(moments))
+        train(net, optimiser, 5, seed=1, vocabulary=3)
+    assert_same(reference, twin)

@@ -1,7 +1,7 @@
 """AdamW that updates only the touched rows of embedding tables, with torch's result bit for bit.
 
 Why our own: a CLIP text tower's token table (49,408 rows) holds most of a small CLIP's parameters
-(6.3 M of the embedded guide's 7.8 M), yet its captions touch a few hundred rows. torch's AdamW
+(6.3 M of the embedded guide's 7.8 M), yet its captions use 35 of its rows. torch's AdamW
 updates every element each step. For a row whose gradient and both moments are zero, that update is
 the weight decay alone: the Adam term adds exactly -0.0. So the decay is applied to the whole table
 and the Adam step, torch's own function, to the touched rows only. ``torch.optim.SparseAdam`` needs
@@ -24,6 +24,10 @@ class RowSparseAdamW(torch.optim.AdamW):
         super().__init__(params, **options)
         self._tables = {id(t) for t in tables}
         self._touched: dict[int, torch.Tensor] = {}  # per table: rows with a gradient or moments so far
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        self._touched.clear()  # the loaded moments say which rows were touched
 
     def _sparse(self, group: dict, p: torch.Tensor) -> bool:
         plain = not (group["amsgrad"] or group["maximize"] or group["capturable"] or group["differentiable"]

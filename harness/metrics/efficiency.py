@@ -233,7 +233,7 @@ def architecture_key(model: nn.Module) -> tuple:
          repr(sorted((k, v) for k, v in vars(m).items() if not k.startswith("_") and k != "training"
                      and isinstance(v, plain))),
          tuple((n, tuple(t.shape), t.dtype) for n, t in [*m.named_parameters(recurse=False),
-                                                          *m.named_buffers(recurse=False)] if t is not None))
+                                                          *m.named_buffers(recurse=False)]))
         for name, m in model.named_modules())
 
 
