@@ -225,6 +225,25 @@ def test_luma_ssim_input_by_hand(tiny_pair):
     assert metric.score(source, input_image=source) == pytest.approx(1.0, abs=1e-12)
 
 
+def test_clipped_delta_by_hand():
+    """A pixel counts as clipped when its 8-bit YIQ luma (0.299 R + 0.587 G + 0.114 B, times 255,
+    rounded half to even) is 0 or 255; the metric is the output's share minus the input's, in %."""
+    grey = np.full((4, 4, 3), 0.5, np.float32)
+    out = grey.copy()
+    out[0, 0] = 0.0                    # luma 0: clipped
+    out[0, 1] = 0.5 / 255              # luma 0.5 rounds to 0 (half to even): clipped
+    out[0, 2] = 1.6 / 255              # luma 1.6 rounds to 2: kept
+    out[0, 3] = 1.0                    # luma 255: clipped
+    out[1, 0] = [1.0, 0.0, 0.0]        # pure red, luma 76: one channel saturated is not clipped detail
+    out[1, 1] = [254.6 / 255] * 3      # luma 254.6 rounds to 255: clipped
+    source = grey.copy()
+    source[3, 3] = 0.0                 # the input's own black pixel
+    metric = build_metric("clipped_delta")
+    assert metric.score(out, input_image=source) == pytest.approx(100 * (4 / 16 - 1 / 16), abs=1e-12)
+    assert metric.score(source, input_image=out) == pytest.approx(-18.75, abs=1e-12)
+    assert metric.score(out, input_image=out) == 0.0
+
+
 # ------------------------------------------------------------ MUSIQ, BIQME
 
 def test_musiq_loads_the_given_file_and_batches(tmp_path, monkeypatch, shared_data):
@@ -294,11 +313,12 @@ def test_every_metric_declares_its_direction_and_inputs():
     """Snapshot of the declarations the report reads (arrows, ranking, sanity columns): a change to
     one must be deliberate."""
     assert {"fade", "entropy", "psnr", "ssim", "musiq", "biqme", "lab_shift", "colourfulness_delta",
-            "luma_ssim_input"} <= set(METRICS.names())
+            "luma_ssim_input", "clipped_delta"} <= set(METRICS.names())
     assert build_metric("fade").spec.lower_better and not build_metric("entropy").spec.lower_better
     assert build_metric("psnr").spec.needs_reference and not build_metric("fade").spec.needs_reference
     assert build_metric("lab_shift").spec.lower_better and not build_metric("luma_ssim_input").spec.lower_better
-    for name in ("lab_shift", "colourfulness_delta", "luma_ssim_input"):
+    assert build_metric("clipped_delta").spec.lower_better
+    for name in ("lab_shift", "colourfulness_delta", "luma_ssim_input", "clipped_delta"):
         spec = build_metric(name).spec
         assert spec.needs_input and spec.on_device and not spec.needs_reference
 

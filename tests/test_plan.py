@@ -77,6 +77,17 @@ def test_a_new_metric_rescores_without_retraining(base, tmp_path):
     assert after["bilalora"].adapt_id == before["bilalora"].adapt_id
 
 
+def test_a_new_sanity_metric_rescores_without_retraining(base, tmp_path, monkeypatch):
+    """Records scored before a sanity metric existed lack it: the cell id follows the set."""
+    from harness.metrics import sanity
+
+    now = cells_of(tmp_path, base)
+    monkeypatch.setattr(sanity, "SANITY_METRICS", sanity.SANITY_METRICS[:-1])
+    earlier = cells_of(tmp_path, base, "b.yaml")
+    assert now["bilalora"].id != earlier["bilalora"].id
+    assert now["bilalora"].adapt_id == earlier["bilalora"].adapt_id
+
+
 def test_the_adaptation_budget_never_retrains_the_pretraining(base, tmp_path):
     """Issue 8 item 9: each stage has its own budget and key."""
     before = cells_of(tmp_path, base)

@@ -109,6 +109,21 @@ def test_collapsed_method_is_flagged_and_never_marked():
     assert r"full\_ft \ddag{}" in to_latex(table)
 
 
+def test_clipped_detail_is_flagged_above_five_points_only():
+    recs = _three_methods()
+    for rec in recs:
+        for bench in rec["metrics"].values():
+            bench.update(SANE, clipped_delta=1.0)
+    for rec in recs[1:3]:  # full_ft: shadows crushed on B, 5.5 points more black pixels on average
+        rec["metrics"]["B"]["clipped_delta"] = 5.5
+    recs[3]["metrics"]["B"]["clipped_delta"] = 4.9  # bilalora: under the threshold
+    table = comparison_table(recs)
+    rows = {r.label: r for r in table.rows}
+    assert rows["full_ft"].flags == ("detail clipped on B (5.5 % more pixels at black or white > 5)",)
+    assert not rows["bilalora"].flags and table.columns[-1].key == "Average/clipped_delta"
+    assert "Clipped +%" in to_markdown(table)
+
+
 def test_efficiency_table_has_the_paper_shape_and_rate():
     recs = _three_methods()
     for ft in recs[1:3]:

@@ -69,7 +69,8 @@ def _metrics():
 def _check_against_one_at_a_time(bench, tmp_path, option_sets):
     model = Blur().eval()
     metrics = {**_metrics(), "fade_ref": build_metric("fade", impl="pyfade")}
-    everything = {**metrics, **{n: build_metric(n) for n in ("lab_shift", "colourfulness_delta", "luma_ssim_input")}}
+    everything = {**metrics, **{n: build_metric(n) for n in ("lab_shift", "colourfulness_delta", "luma_ssim_input",
+                                                             "clipped_delta")}}
     expected = _by_hand(model, bench, everything)
     for i, options in enumerate(option_sets):
         folder = tmp_path / f"run{i}"
@@ -98,6 +99,7 @@ def test_identity_keeps_every_sanity_metric_at_its_neutral_value(bench, tmp_path
     assert means["lab_shift"] == pytest.approx(0, abs=1e-9)
     assert means["colourfulness_delta"] == pytest.approx(0, abs=1e-9)
     assert means["luma_ssim_input"] == pytest.approx(1.0, abs=1e-12)
+    assert means["clipped_delta"] == 0.0
 
 
 def test_samples_are_the_first_inputs_outputs_and_ground_truths_at_the_scored_size(bench, tmp_path):

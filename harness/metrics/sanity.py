@@ -1,6 +1,6 @@
 """Sanity metrics: how far each restored image moved from its own (hazy) input.
 
-A method that turns every photo into a red-orange monochrome can still win on FADE; these three,
+A method that turns every photo into a red-orange monochrome can still win on FADE; these four,
 added by the scoring pipeline to every benchmark, expose such a collapse (``needs_input=True``):
 
 - ``lab_shift``: Euclidean distance between the mean CIELAB (a*, b*) of output and input (sRGB,
@@ -11,7 +11,11 @@ added by the scoring pipeline to every benchmark, expose such a collapse (``need
   to grey lowers it, and a strong global cast raises it through the mean term (read with lab_shift).
 - ``luma_ssim_input``: SSIM between the luma (Y of YCbCr, BT.601) of output and input, the ``ssim``
   metric's convention (11x11 Gaussian window, 8-bit rounding); near 1 = structure kept, low = detail
-  lost or invented.
+  lost or invented;
+- ``clipped_delta``: the share of pixels whose 8-bit luma (the ``entropy`` metric's YIQ levels) is 0
+  or 255, output minus input, in percentage points; shadows crushed to black or highlights blown to
+  white hold no detail, and Entropy falls with them while FADE, which rewards dark, contrasted
+  regions, can improve.
 
 The colour conversions are pyiqa's (``rgb2xyz``, ``xyz2lab`` with the D65 white point; its own
 ``rgb2lab`` assumes D50, so white would not be neutral).
@@ -22,10 +26,10 @@ from __future__ import annotations
 import torch
 
 from harness.metrics.base import DeviceMetric, MetricSpec, check_companion
-from harness.metrics.iqa import Ssim
+from harness.metrics.iqa import Ssim, luma_levels
 from harness.registry import METRICS
 
-SANITY_METRICS = ("lab_shift", "colourfulness_delta", "luma_ssim_input")
+SANITY_METRICS = ("lab_shift", "colourfulness_delta", "luma_ssim_input", "clipped_delta")
 
 
 def mean_ab(images: torch.Tensor) -> torch.Tensor:
@@ -67,6 +71,22 @@ class ColourfulnessDelta(DeviceMetric):
         return colourfulness(images) - colourfulness(inputs)
 
 
+def clipped_share(images: torch.Tensor) -> torch.Tensor:
+    """Share (0..1, float64) of each image's pixels whose 8-bit YIQ luma is 0 or 255 (Bx3xHxW in [0, 1])."""
+    levels = luma_levels(images.clamp(0, 1))
+    return ((levels == 0) | (levels == 255)).flatten(1).double().mean(1)
+
+
+class ClippedDelta(DeviceMetric):
+    spec = MetricSpec("clipped_delta", lower_better=True, needs_reference=False, score_range=(-100.0, 100.0),
+                      needs_input=True, description="pixels with 8-bit luma 0 or 255 (%), output minus input")
+
+    @torch.no_grad()
+    def score_batch(self, images, references=None, input_images=None) -> torch.Tensor:
+        inputs = check_companion(self.spec, images, input_images, "input")
+        return 100.0 * (clipped_share(images) - clipped_share(inputs))
+
+
 @METRICS.register("lab_shift")
 def lab_shift() -> LabShift:
     """Colour cast: distance between mean CIELAB (a*, b*) of output and input (lower = less cast)."""
@@ -87,6 +107,12 @@ def luma_ssim_input() -> Ssim:
     return Ssim(spec, "ycbcr")
 
 
+@METRICS.register("clipped_delta")
+def clipped_delta() -> ClippedDelta:
+    """Pixels clipped to black or white (8-bit luma 0 or 255), output minus input, in % (lower = detail kept)."""
+    return ClippedDelta()
+
+
 def sanity_metrics() -> dict[str, DeviceMetric]:
-    """The three sanity metrics, by name, as the scoring pipeline adds them."""
+    """The four sanity metrics, by name, as the scoring pipeline adds them."""
     return {name: METRICS.build(name) for name in SANITY_METRICS}

@@ -369,7 +369,7 @@ def score_model(
 
     ``benchmarks``: ``{name: ImageSet}``; ``metrics``: ``{name: Metric or None}`` (None: unavailable,
     reported as None). The sanity metrics (``lab_shift``, ``colourfulness_delta``,
-    ``luma_ssim_input``) are always added. Returns a JSON-ready dict:
+    ``luma_ssim_input``, ``clipped_delta``) are always added. Returns a JSON-ready dict:
 
     - ``means``: ``{benchmark: {metric: mean over images, or None}}``; a metric that needs ground
       truth is None on a benchmark without it;

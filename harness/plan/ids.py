@@ -8,8 +8,8 @@ A key hashes everything that can change that stage's output and nothing else:
 - adaptation: the pretraining key, target data and split, the method spec (with its ``h2c``
   overrides), the adaptation budget (batch, patch), numerics, the seed, the guide only for
   methods that use a loss, and the key of a ``source`` method's adaptation (grafting);
-- scoring (the cell id): the adaptation key, benchmarks, metrics and the settings that change
-  scores (``eval.max_side``, and ``eval.tile``/``eval.overlap`` when tiling is on).
+- scoring (the cell id): the adaptation key, benchmarks, metrics, the sanity metrics every score
+  adds, and the settings that change scores (``eval.max_side``, and ``eval.tile``/``eval.overlap`` when tiling is on).
 
 Labels, the run folder, the strategy (single/DDP/DeepSpeed), ZeRO stage, workers, the scoring batch
 size and the number of sample images are not part of any key. The content of the data is not
@@ -62,8 +62,10 @@ def scoring_spec(recipe: "Recipe") -> dict[str, Any]:
     ev = recipe.eval
     # tiling changes what is scored; keyed only when on, so untiled cells keep their ids
     tiles = {"tile": ev.tile, "overlap": ev.overlap} if ev.tile is not None else {}
+    from harness.metrics.sanity import SANITY_METRICS  # every score adds them: a record from before one lacks it
+
     return {"benchmarks": [b.spec() for b in recipe.benchmarks], "metrics": [m.spec() for m in recipe.metrics],
-            "max_side": ev.max_side, **tiles}
+            "max_side": ev.max_side, "sanity": list(SANITY_METRICS), **tiles}
 
 
 def score_key(recipe: "Recipe", adapt: str) -> str:

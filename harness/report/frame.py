@@ -32,8 +32,9 @@ METRICS: dict[str, tuple[str, int, bool | None]] = {
     "lab_shift": ("Lab shift", 2, True),
     "colourfulness_delta": ("ΔColour", 2, None),
     "luma_ssim_input": ("SSIM-Y in", 3, False),
+    "clipped_delta": ("Clipped +%", 2, True),
 }
-SANITY = ("lab_shift", "colourfulness_delta", "luma_ssim_input")
+SANITY = ("lab_shift", "colourfulness_delta", "luma_ssim_input", "clipped_delta")  # harness.metrics.sanity's, without torch
 # benchmarks in the papers' column order (names compared by :func:`norm`); others follow as met
 BENCHMARK_ORDER = ("rtts", "urhi", "fattal", "hazydet", "densehaze", "ohaze", "nhhaze", "sotsindoor", "sotsoutdoor")
 AVERAGE = "Average"

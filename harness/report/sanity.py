@@ -1,10 +1,12 @@
 """Collapse flags: a method whose outputs left their inputs behind (a global colour cast, colours
-drained to grey, lost structure) is flagged in every table and never marked best.
+drained to grey, lost structure, detail clipped to black or white) is flagged in every table and
+never marked best.
 
-The flags read the three sanity metrics of each benchmark (means over its images, see
+The flags read the four sanity metrics of each benchmark (means over its images, see
 ``harness/metrics``): ``lab_shift`` (distance between the mean CIELAB (a*, b*) of output and input),
 ``colourfulness_delta`` (Hasler-Suesstrunk colourfulness, output minus input) and
-``luma_ssim_input`` (SSIM of the BT.601 luma of output and input).
+``luma_ssim_input`` (SSIM of the BT.601 luma of output and input) and ``clipped_delta`` (pixels
+whose 8-bit luma is 0 or 255, output minus input, in percentage points).
 
 Thresholds, set from a measurement on the 42 real hazy photos of ``shared/data/real_hazy``
 (256 px, per-image values; mean / extreme over the photos):
@@ -25,6 +27,11 @@ below -15 is *colour drained* (dehazing restores colour, it does not remove it);
 ``luma_ssim_input`` below 0.5 is *structure lost* (the prior, which raises contrast hard, stays
 above 0.54 on every photo). The last row imitates the failure reported in issue 15 (every photo
 turned red-orange with horizontal stripes): the luma tinted red-orange, with stripes.
+
+``clipped_delta``, measured on the same photos by ``benchmarks/sanity_thresholds.py`` (mean / largest
+over the photos): dark channel prior 0.10 / 1.24, contrast stretch 1.35 / 2.64, a black point at
+20 % (shadows crushed on purpose) 3.88 / 29.9. So a benchmark mean above 5 points, about twice the
+contrast stretch's worst photo, is *detail clipped*.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from harness.report.frame import Group
 CAST_LAB_SHIFT = 15.0
 DRAINED_COLOURFULNESS = -15.0
 STRUCTURE_SSIM = 0.5
+CLIPPED_POINTS = 5.0
 
 
 def collapse_reasons(group: Group, benches: list[str] | None = None) -> tuple[str, ...]:
@@ -43,17 +51,23 @@ def collapse_reasons(group: Group, benches: list[str] | None = None) -> tuple[st
         shift = group.value(bench, "lab_shift").mean
         colour = group.value(bench, "colourfulness_delta").mean
         ssim = group.value(bench, "luma_ssim_input").mean
+        clipped = group.value(bench, "clipped_delta").mean
         if shift is not None and shift > CAST_LAB_SHIFT:
             reasons.append(f"colour cast on {bench} (Lab shift {shift:.1f} > {CAST_LAB_SHIFT:g})")
         if colour is not None and colour < DRAINED_COLOURFULNESS:
             reasons.append(f"colour drained on {bench} (ΔColour {colour:.1f} < {DRAINED_COLOURFULNESS:g})")
         if ssim is not None and ssim < STRUCTURE_SSIM:
             reasons.append(f"structure lost on {bench} (SSIM-Y to input {ssim:.2f} < {STRUCTURE_SSIM:g})")
+        if clipped is not None and clipped > CLIPPED_POINTS:
+            reasons.append(f"detail clipped on {bench} ({clipped:.1f} % more pixels at black or white "
+                           f"> {CLIPPED_POINTS:g})")
     return tuple(reasons)
 
 
 THRESHOLD_NOTE = (f"Sanity columns compare each output with its own input: Lab shift = distance of mean CIELAB "
                   f"(a*, b*) (lower = less colour cast), ΔColour = Hasler-Süsstrunk colourfulness change, "
-                  f"SSIM-Y in = luma SSIM to the input (1 = structure kept). A method is flagged as collapsed "
-                  f"(never bold) when on some benchmark Lab shift > {CAST_LAB_SHIFT:g}, ΔColour < "
-                  f"{DRAINED_COLOURFULNESS:g} or SSIM-Y in < {STRUCTURE_SSIM:g}.")
+                  f"SSIM-Y in = luma SSIM to the input (1 = structure kept), Clipped +% = pixels whose 8-bit "
+                  f"luma is 0 or 255, output minus input, in percentage points (crushed shadows lower Entropy). "
+                  f"A method is flagged as collapsed (never bold) when on some benchmark Lab shift > "
+                  f"{CAST_LAB_SHIFT:g}, ΔColour < {DRAINED_COLOURFULNESS:g}, SSIM-Y in < {STRUCTURE_SSIM:g} or "
+                  f"Clipped +% > {CLIPPED_POINTS:g}.")
