@@ -426,3 +426,12 @@ def test_eval_names_a_corrupt_file_and_skips_it_only_when_asked(small_folder, tm
         eval_command(hazy, metrics="entropy,fade", out=out, workers=workers, skip_corrupt=True)
         assert list(pd.read_csv(out).image) == ["0.png", "1.png", "2.png"]
         assert "skipped: cannot decode image" in capsys.readouterr().err
+
+
+def test_reports_know_every_sanity_metric_scoring_adds():
+    """The report spells the sanity set without importing torch; the two spellings must agree."""
+    from harness.metrics.sanity import SANITY_METRICS
+    from harness.report.frame import METRICS as DISPLAY
+    from harness.report.frame import SANITY
+
+    assert SANITY == SANITY_METRICS and set(SANITY) <= set(DISPLAY)

@@ -9,7 +9,8 @@ A key hashes everything that can change that stage's output and nothing else:
   overrides), the adaptation budget (batch, patch), numerics, the seed, the guide only for
   methods that use a loss, and the key of a ``source`` method's adaptation (grafting);
 - scoring (the cell id): the adaptation key, benchmarks, metrics, the sanity metrics every score
-  adds, and the settings that change scores (``eval.max_side``, and ``eval.tile``/``eval.overlap`` when tiling is on).
+  adds, and the settings that change scores (``eval.max_side``, and ``eval.tile``/``eval.overlap``
+  when tiling is on).
 
 Labels, the run folder, the strategy (single/DDP/DeepSpeed), ZeRO stage, workers, the scoring batch
 size and the number of sample images are not part of any key. The content of the data is not

@@ -34,7 +34,8 @@ METRICS: dict[str, tuple[str, int, bool | None]] = {
     "luma_ssim_input": ("SSIM-Y in", 3, False),
     "clipped_delta": ("Clipped +%", 2, True),
 }
-SANITY = ("lab_shift", "colourfulness_delta", "luma_ssim_input", "clipped_delta")  # harness.metrics.sanity's, without torch
+# harness.metrics.sanity's SANITY_METRICS, spelled here so that reports need no torch
+SANITY = ("lab_shift", "colourfulness_delta", "luma_ssim_input", "clipped_delta")
 # benchmarks in the papers' column order (names compared by :func:`norm`); others follow as met
 BENCHMARK_ORDER = ("rtts", "urhi", "fattal", "hazydet", "densehaze", "ohaze", "nhhaze", "sotsindoor", "sotsoutdoor")
 AVERAGE = "Average"

@@ -4,7 +4,7 @@ never marked best.
 
 The flags read the four sanity metrics of each benchmark (means over its images, see
 ``harness/metrics``): ``lab_shift`` (distance between the mean CIELAB (a*, b*) of output and input),
-``colourfulness_delta`` (Hasler-Suesstrunk colourfulness, output minus input) and
+``colourfulness_delta`` (Hasler-Suesstrunk colourfulness, output minus input),
 ``luma_ssim_input`` (SSIM of the BT.601 luma of output and input) and ``clipped_delta`` (pixels
 whose 8-bit luma is 0 or 255, output minus input, in percentage points).
 
