@@ -119,7 +119,7 @@ def test_clipped_detail_is_flagged_above_five_points_only():
     recs[3]["metrics"]["B"]["clipped_delta"] = 4.9  # bilalora: under the threshold
     table = comparison_table(recs)
     rows = {r.label: r for r in table.rows}
-    assert rows["full_ft"].flags == ("detail clipped on B (5.5 % more pixels at black or white > 5)",)
+    assert rows["full_ft"].flags == ("detail clipped on B (Clipped +% 5.5 > 5)",)
     assert not rows["bilalora"].flags and table.columns[-1].key == "Average/clipped_delta"
     assert "Clipped +%" in to_markdown(table)
 

@@ -59,8 +59,7 @@ def collapse_reasons(group: Group, benches: list[str] | None = None) -> tuple[st
         if ssim is not None and ssim < STRUCTURE_SSIM:
             reasons.append(f"structure lost on {bench} (SSIM-Y to input {ssim:.2f} < {STRUCTURE_SSIM:g})")
         if clipped is not None and clipped > CLIPPED_POINTS:
-            reasons.append(f"detail clipped on {bench} ({clipped:.1f} % more pixels at black or white "
-                           f"> {CLIPPED_POINTS:g})")
+            reasons.append(f"detail clipped on {bench} (Clipped +% {clipped:.1f} > {CLIPPED_POINTS:g})")
     return tuple(reasons)
 
 
