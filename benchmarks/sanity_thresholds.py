@@ -1,11 +1,12 @@
 """The clipping flag's threshold, measured: ``clipped_delta`` of simple edits of real hazy photos.
 
-For every photo of ``--photos`` (default ``../shared/data/real_hazy``) area-downscaled to at most ``--size`` px
-on its longer side: a dark channel prior (He et al. 2009: 15 px dark channel, airlight from its brightest
-0.1 %, omega 0.95, transmission at least 0.1, no refinement), the probe's contrast stretch (1st..99th
-percentile per channel), and a black point at 20 % (levels ``(x - 0.2) / 0.8``: shadows crushed
-on purpose). Prints the mean and the largest value over the photos per edit; the threshold in
-``harness/report/sanity.py`` sits above the prior's largest.
+For every photo of ``--photos`` (default ``../shared/data/real_hazy``), area-downscaled to at most
+``--size`` px on its longer side: a dark channel prior (He et al. 2009: the 15 px dark channel of
+``harness.models.dehamer``, airlight from its brightest 0.1 %, omega 0.95, transmission at least
+0.1, no refinement), the probe's contrast stretch (1st..99th percentile per channel), and a black
+point at 20 % (levels ``(x - 0.2) / 0.8``: shadows crushed on purpose). Prints the mean and the
+largest value over the photos per edit; ``harness/report/sanity.py`` puts the threshold at about
+twice the contrast stretch's largest.
 
     python benchmarks/sanity_thresholds.py [--photos DIR] [--size 256]
 """
@@ -16,22 +17,19 @@ import argparse
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from harness.data.io import list_images, read_image, shrink, to_tensor
 from harness.guide.probe import edit
 from harness.metrics.sanity import clipped_delta
+from harness.models.dehamer import dark_channel
 
 
 def dark_channel_prior(hazy: torch.Tensor) -> torch.Tensor:
     """He et al.'s dehazing without the soft-matting refinement, on a 1x3xHxW batch in [0, 1]."""
-    def dark(x: torch.Tensor) -> torch.Tensor:
-        return -F.max_pool2d(-x.min(1, keepdim=True).values, 15, 1, 7)
-
-    d = dark(hazy).flatten()
+    d = dark_channel(hazy).flatten()
     brightest = d.topk(max(1, d.numel() // 1000)).indices
     airlight = hazy.flatten(2)[0][:, brightest].mean(1).view(1, 3, 1, 1)
-    t = (1 - 0.95 * dark(hazy / airlight)).clamp_min(0.1)
+    t = (1 - 0.95 * dark_channel(hazy / airlight)).clamp_min(0.1)
     return ((hazy - airlight) / t + airlight).clamp(0, 1)
 
 

@@ -75,7 +75,6 @@ def test_resumes_from_an_adamw_checkpoint():
     assert_same(*resumed)
 
 
-
 def test_loading_a_checkpoint_into_a_stepped_optimiser_forgets_the_rows_it_had_touched():
     """An optimiser that touched rows 0-10 loads a checkpoint whose moments cover rows 0-232; the
     steps after it, whose gradients reach only rows 0-14, match AdamW's from the same checkpoint."""

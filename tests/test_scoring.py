@@ -15,6 +15,7 @@ from harness.data.io import read_image, shrink, to_array, to_tensor, write_image
 from harness.dehaze import restore_tiled
 from harness.errors import HarnessError
 from harness.metrics import build_metric
+from harness.metrics.sanity import sanity_metrics
 from harness.metrics.scoring import score_model
 
 SIZES = [(40, 56), (48, 64), (40, 56), (48, 64), (40, 56), (64, 48), (40, 56)]  # mixed sizes, mixed order
@@ -69,8 +70,7 @@ def _metrics():
 def _check_against_one_at_a_time(bench, tmp_path, option_sets):
     model = Blur().eval()
     metrics = {**_metrics(), "fade_ref": build_metric("fade", impl="pyfade")}
-    everything = {**metrics, **{n: build_metric(n) for n in ("lab_shift", "colourfulness_delta", "luma_ssim_input",
-                                                             "clipped_delta")}}
+    everything = {**metrics, **sanity_metrics()}
     expected = _by_hand(model, bench, everything)
     for i, options in enumerate(option_sets):
         folder = tmp_path / f"run{i}"
