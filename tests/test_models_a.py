@@ -217,6 +217,36 @@ def test_aod_net_applies_j_equals_k_times_i_minus_k_plus_1():
         torch.testing.assert_close(model(x), torch.relu(k * x - k + 1))
 
 
+@pytest.mark.parametrize("name", ["aod_net", "grid_dehaze_net"])
+def test_channels_last_restore_is_the_same_function_with_nchw_output(name, monkeypatch):
+    """The backbones registered with ``channels_last`` restore an NHWC tensor on the CPU; outputs and
+    weight gradients match the NCHW computation of the same weights (float summation order aside)."""
+    model = tiny(name)
+    assert model.channels_last and BACKBONE_CARDS[name].channels_last
+    seen = []  # per call: did restore get an NHWC (and not NCHW) tensor?
+    restore = type(model).restore
+
+    def watched(self, x):
+        seen.append(x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous())
+        return restore(self, x)
+
+    monkeypatch.setattr(type(model), "restore", watched)
+    x = image(21, 26)
+    results = []
+    for layout in (True, False):
+        model.channels_last = layout
+        model.zero_grad()
+        out = model(x)
+        out.square().mean().backward()
+        results.append((out, [p.grad.clone() for p in model.parameters()]))
+    assert seen == [True, False]
+    (out_cl, grads_cl), (out, grads) = results
+    assert out_cl.is_contiguous() and out_cl.shape == (1, 3, 21, 26)
+    torch.testing.assert_close(out_cl, out, rtol=1e-5, atol=1e-6)
+    for a, b in zip(grads_cl, grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
 # --- GridDehazeNet -------------------------------------------------------------------------------
 
 

@@ -88,6 +88,21 @@ def test_a_new_sanity_metric_rescores_without_retraining(base, tmp_path, monkeyp
     assert now["bilalora"].adapt_id == earlier["bilalora"].adapt_id
 
 
+def test_a_channels_last_backbone_pretrains_under_its_own_key(base, tmp_path, monkeypatch):
+    """AOD-Net restores in NHWC on the CPU: another summation order than its NCHW checkpoints had,
+    so they are not reused."""
+    from dataclasses import replace
+
+    from harness.models import BACKBONE_CARDS
+
+    now = cells_of(tmp_path, base)
+    card = BACKBONE_CARDS["aod_net"]
+    assert card.channels_last
+    monkeypatch.setitem(BACKBONE_CARDS, "aod_net", replace(card, channels_last=False))
+    nchw = cells_of(tmp_path, base, "b.yaml")
+    assert now["bilalora"].pretrain_id != nchw["bilalora"].pretrain_id
+
+
 def test_the_adaptation_budget_never_retrains_the_pretraining(base, tmp_path):
     """Issue 8 item 9: each stage has its own budget and key."""
     before = cells_of(tmp_path, base)

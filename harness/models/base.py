@@ -13,6 +13,7 @@ held by reference, so it is never part of the backbone's state dict, parameters 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -42,6 +43,7 @@ class BackboneCard:
     multiple: int = 1
     description: str = ""
     needs_guide: bool = False  # its forward reads the recipe's guide (so the guide is part of its pretraining)
+    channels_last: bool = False  # its ``restore`` runs on channels-last tensors on the CPU (DehazeNet.channels_last)
 
 
 @dataclass(frozen=True)
@@ -84,12 +86,22 @@ def register_backbone(
     multiple: int,
     description: str = "",
     needs_guide: bool = False,
+    channels_last: bool = False,
 ) -> Callable[[Callable[..., "DehazeNet"]], Callable[..., "DehazeNet"]]:
-    """Register ``fn(variant=..., **kw) -> DehazeNet`` under ``name`` with its published figures."""
+    """Register ``fn(variant=..., **kw) -> DehazeNet`` under ``name`` with its published figures;
+    ``channels_last``: the networks it builds restore in channels-last on the CPU (measure it with
+    ``benchmarks/channels_last.py``; it changes float summation order, so it enters the cache keys)."""
 
     def wrap(fn: Callable[..., DehazeNet]) -> Callable[..., DehazeNet]:
-        BACKBONE_CARDS[name] = BackboneCard(name, dict(variants), multiple, description, needs_guide)
-        return BACKBONES.register(name)(fn)
+        BACKBONE_CARDS[name] = BackboneCard(name, dict(variants), multiple, description, needs_guide, channels_last)
+
+        @functools.wraps(fn)
+        def build(*args, **kwargs) -> DehazeNet:
+            model = fn(*args, **kwargs)
+            model.channels_last = channels_last
+            return model
+
+        return BACKBONES.register(name)(build)
 
     return wrap
 
@@ -114,13 +126,19 @@ class DehazeNet(nn.Module):
     min_size: int = 0
     needs_guide: bool = False
     reference_guide: str | None = None  # open_clip architecture of the paper's guide (``harness models`` counts with it)
+    # ``restore`` runs on channels-last (NHWC) tensors on the CPU, where oneDNN's convolutions are then
+    # faster for some networks; set from the registration (``register_backbone``); the output is NCHW as always
+    channels_last: bool = False
 
     def restore(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
-        return self.restore(pad_to_multiple(x, self.multiple, self.min_size))[..., :h, :w]
+        x = pad_to_multiple(x, self.multiple, self.min_size)
+        if self.channels_last and x.device.type == "cpu":
+            return self.restore(x.contiguous(memory_format=torch.channels_last))[..., :h, :w].contiguous()
+        return self.restore(x)[..., :h, :w]
 
     def lora_sites(self) -> dict[str, list[str]]:
         """Candidate LoRA sites: group name -> qualified names of Conv2d/Linear modules.

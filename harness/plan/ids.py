@@ -3,8 +3,9 @@
 A key hashes everything that can change that stage's output and nothing else:
 
 - pretraining: backbone spec, pretraining data spec (with ``reweight``), the *pretraining*
-  budget (steps, lr, batch, patch), numerics (precision, memory format), the seed, and the guide
-  for backbones whose forward reads it (VLU-Net);
+  budget (steps, lr, batch, patch), numerics (precision, memory format; and the backbone's own
+  channels-last restore on the CPU, ``register_backbone``), the seed, and the guide for backbones
+  whose forward reads it (VLU-Net);
 - adaptation: the pretraining key, target data and split, the method spec (with its ``h2c``
   overrides), the adaptation budget (batch, patch), numerics, the seed, the guide only for
   methods that use a loss, and the key of a ``source`` method's adaptation (grafting);
@@ -34,17 +35,29 @@ def recipe_hash(recipe: "Recipe") -> str:
     return stable_hash(recipe.model_dump(mode="json", exclude={"out"}))
 
 
-def reads_guide(backbone: str) -> bool:
-    """Whether a registered backbone's forward reads the recipe's guide (VLU-Net's image prompts)."""
+def _card(backbone: str):
     from harness.models import BACKBONE_CARDS  # importing the package registers every built-in backbone
 
-    card = BACKBONE_CARDS.get(backbone)
+    return BACKBONE_CARDS.get(backbone)
+
+
+def reads_guide(backbone: str) -> bool:
+    """Whether a registered backbone's forward reads the recipe's guide (VLU-Net's image prompts)."""
+    card = _card(backbone)
     return bool(card and card.needs_guide)
+
+
+def restores_channels_last(backbone: str) -> bool:
+    """Whether a registered backbone restores in channels-last on the CPU (``register_backbone``)."""
+    card = _card(backbone)
+    return bool(card and card.channels_last)
 
 
 def pretrain_key(recipe: "Recipe", backbone: dict[str, Any], data: dict[str, Any], seed: int | None) -> str:
     key = {"backbone": backbone, "data": data, "budget": recipe.budget.pretraining(),
            "numerics": recipe.engine.numerics(), "seed": seed}
+    if restores_channels_last(backbone["type"]):  # another summation order than the NCHW checkpoints before it
+        key["cpu_layout"] = "channels_last"
     if reads_guide(backbone["type"]):  # the guide shapes such a backbone's weights (its prompts do not)
         key["guide"] = {"type": recipe.guide.type, **recipe.guide.params}
     return stable_hash(key)
