@@ -1,17 +1,24 @@
-"""Training throughput of every backbone: forward+backward images/s, fp32 vs bf16 autocast, side by side.
+"""Training throughput of every backbone: forward+backward images/s, two settings side by side.
 
 For each backbone variant (default: every registered backbone's published variants, at their
 published size; the training form, or with ``--deploy`` the re-parameterised inference form that
 adaptation trains), one step is ``L1(model(x), target).backward()`` on a random batch (the optimiser
-step is left out). fp32 and bf16 autocast steps are timed interleaved (warm-up first, then
-``--repeats`` rounds of ``--steps`` steps per precision, median), with ``torch.cuda.synchronize``
-around each timed block on GPU. Prints images/s, the bf16/fp32 speed ratio and, on CUDA, the peak
-memory of each precision; a precision that runs out of memory (or fails) is reported in its row.
-Ratios only; nothing is asserted.
+step is left out). The two settings of ``--compare`` are timed interleaved (warm-up first, then
+``--repeats`` rounds of ``--steps`` steps per setting, median), with ``torch.cuda.synchronize``
+around each timed block on GPU:
+
+- ``precision`` (default): fp32 against bf16 autocast;
+- ``layout`` (CPU): fp32 with ``restore`` on NCHW against NHWC tensors (``DehazeNet.channels_last``,
+  what ``register_backbone(..., channels_last=True)`` turns on); the two give the same function up to
+  float summation order, so the ratio is the whole difference.
+
+Prints images/s, the speed ratio and, on CUDA, the peak memory of each setting; a setting that runs
+out of memory (or fails) is reported in its row. Ratios only; nothing is asserted.
 
     python benchmarks/backbone_throughput.py [--backbones dea_net,msbdn] [--variant full]
         [--batch 16] [--size 256] [--repeats 5] [--steps 3] [--device cuda] [--json FILE]
     OMP_NUM_THREADS=1 python benchmarks/backbone_throughput.py --variant tiny --batch 2 --size 64  # CPU smoke
+    python benchmarks/backbone_throughput.py --compare layout --variant tiny --batch 8 --size 48 --device cpu
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ from rich.table import Table
 from harness.models import build_backbone, count_params
 from harness.models.base import BACKBONE_CARDS
 
-PRECISIONS = ("fp32", "bf16")
+COMPARISONS = {"precision": ("fp32", "bf16"), "layout": ("nchw", "nhwc")}
 
 
 def published_variants(name: str) -> list[tuple[str, str]]:
@@ -74,8 +81,10 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _train_step(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, precision: str) -> None:
-    ctx = (torch.autocast(x.device.type, dtype=torch.bfloat16) if precision == "bf16"
+def _train_step(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, setting: str) -> None:
+    if setting in COMPARISONS["layout"]:
+        model.channels_last = setting == "nhwc"
+    ctx = (torch.autocast(x.device.type, dtype=torch.bfloat16) if setting == "bf16"
            else contextlib.nullcontext())
     with ctx:
         out = model(x)
@@ -83,14 +92,14 @@ def _train_step(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, p
     model.zero_grad(set_to_none=True)
 
 
-def _timed(model, x, target, precision: str, steps: int, device: torch.device) -> tuple[float, int | None]:
+def _timed(model, x, target, setting: str, steps: int, device: torch.device) -> tuple[float, int | None]:
     """(seconds for ``steps`` steps, peak CUDA bytes during them or None off CUDA)."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     _sync(device)
     start = time.perf_counter()
     for _ in range(steps):
-        _train_step(model, x, target, precision)
+        _train_step(model, x, target, setting)
     _sync(device)
     seconds = time.perf_counter() - start
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
@@ -98,9 +107,11 @@ def _timed(model, x, target, precision: str, steps: int, device: torch.device) -
 
 
 def measure(name: str, variant: str, args: argparse.Namespace, device: torch.device) -> dict:
-    """One row: params, and per precision images/s (median), peak memory or an error."""
-    row: dict = {"backbone": name, "variant": variant, "params": None}
-    results: dict[str, dict] = {p: {"times": [], "peak": 0, "error": None} for p in PRECISIONS}
+    """One row: params, and per setting of ``args.compare`` images/s (median), peak memory or an error."""
+    settings = COMPARISONS[args.compare]
+    row: dict = {"backbone": name, "variant": variant, "params": None,
+                 "registered_channels_last": BACKBONE_CARDS[name].channels_last}
+    results: dict[str, dict] = {s: {"times": [], "peak": 0, "error": None} for s in settings}
     model = x = target = None
     try:
         torch.manual_seed(0)
@@ -112,34 +123,34 @@ def measure(name: str, variant: str, args: argparse.Namespace, device: torch.dev
     except Exception as err:  # noqa: BLE001 -- reported in the row (OOM while moving weights, bad variant)
         for r in results.values():
             r["error"] = _short(err)
-    active = [p for p in PRECISIONS if results[p]["error"] is None]
+    active = [s for s in settings if results[s]["error"] is None]
 
-    def attempt(precision: str, steps: int, record: bool) -> None:
+    def attempt(setting: str, steps: int, record: bool) -> None:
         try:
-            seconds, peak = _timed(model, x, target, precision, steps, device)
-        except Exception as err:  # noqa: BLE001 -- OOM or an op without bf16 support: report, go on
-            results[precision]["error"] = _short(err)
-            active.remove(precision)
+            seconds, peak = _timed(model, x, target, setting, steps, device)
+        except Exception as err:  # noqa: BLE001 -- OOM, an op without bf16 support, a view NHWC breaks: report
+            results[setting]["error"] = _short(err)
+            active.remove(setting)
             if model is not None:
                 model.zero_grad(set_to_none=True)
             _free(device)
             return
         if record:
-            results[precision]["times"].append(seconds)
+            results[setting]["times"].append(seconds)
         if peak is not None:
-            results[precision]["peak"] = max(results[precision]["peak"], peak)
+            results[setting]["peak"] = max(results[setting]["peak"], peak)
 
-    for precision in list(active):  # warm-up (cudnn autotuning, allocator, lazy init)
-        attempt(precision, args.warmup, record=False)
-    for _ in range(args.repeats):  # interleaved so clock/load drift hits both precisions alike
-        for precision in list(active):
-            attempt(precision, args.steps, record=True)
-    for precision, r in results.items():
+    for setting in list(active):  # warm-up (cudnn autotuning, allocator, lazy init)
+        attempt(setting, args.warmup, record=False)
+    for _ in range(args.repeats):  # interleaved so clock/load drift hits both settings alike
+        for setting in list(active):
+            attempt(setting, args.steps, record=True)
+    for setting, r in results.items():
         ips = args.batch * args.steps / statistics.median(r["times"]) if r["times"] else None
-        row[precision] = {"images_per_s": ips, "peak_mem_mib": (r["peak"] / 2**20) if device.type == "cuda"
-                          and r["times"] else None, "error": r["error"]}
-    f, b = row["fp32"]["images_per_s"], row["bf16"]["images_per_s"]
-    row["bf16_over_fp32"] = b / f if f and b else None
+        row[setting] = {"images_per_s": ips, "peak_mem_mib": (r["peak"] / 2**20) if device.type == "cuda"
+                        and r["times"] else None, "error": r["error"]}
+    first, second = (row[s]["images_per_s"] for s in settings)
+    row[f"{settings[1]}_over_{settings[0]}"] = second / first if first and second else None
     model = x = target = None  # free before the next backbone
     _free(device)
     return row
@@ -157,15 +168,19 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--variant", default=None, help="one variant for every backbone (default: published ones)")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=5, help="interleaved timed rounds per precision")
+    parser.add_argument("--compare", choices=sorted(COMPARISONS), default="precision",
+                        help="precision: fp32 vs bf16; layout: NCHW vs NHWC restore (CPU)")
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved timed rounds per setting")
     parser.add_argument("--steps", type=int, default=3, help="steps per timed round")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per precision first")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per setting first")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--deploy", action="store_true", help="time the deploy form (what adaptation trains)")
     parser.add_argument("--no-tf32", action="store_true", help="fp32 convs/matmuls without TF32 on CUDA")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows to this file")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
+    if args.compare == "layout" and device.type != "cpu":
+        parser.error("--compare layout times the CPU hand-off to NHWC (DehazeNet.channels_last); use --device cpu")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.backends.cudnn.allow_tf32 = not args.no_tf32
@@ -196,19 +211,21 @@ def main(argv: list[str] | None = None) -> list[dict]:
     table = Table(title=f"forward+backward ({form} form, L1 to a random target) at {args.size}x{args.size}, "
                         f"batch {args.batch}; {where}; median of {args.repeats} interleaved rounds "
                         f"of {args.steps} steps")
-    for col in ("backbone", "variant", "params (M)", "fp32 img/s", "bf16 img/s", "bf16/fp32",
-                "fp32 peak MiB", "bf16 peak MiB"):
+    one, two = COMPARISONS[args.compare]
+    for col in ("backbone", "variant", "params (M)", f"{one} img/s", f"{two} img/s", f"{two}/{one}",
+                f"{one} peak MiB", f"{two} peak MiB", "registered NHWC"):
         table.add_column(col, justify="left" if col in ("backbone", "variant") else "right")
     for row in rows:
-        f, b = row["fp32"], row["bf16"]
+        f, b = row[one], row[two]
         table.add_row(row["backbone"], row["label"], "-" if row["params"] is None else f"{row['params'] / 1e6:.3f}",
                       _cell(f["images_per_s"], ".2f", f["error"]), _cell(b["images_per_s"], ".2f", b["error"]),
-                      _cell(row["bf16_over_fp32"], ".2f", None),
-                      _cell(f["peak_mem_mib"], ",.0f", f["error"]), _cell(b["peak_mem_mib"], ",.0f", b["error"]))
+                      _cell(row[f"{two}_over_{one}"], ".2f", None),
+                      _cell(f["peak_mem_mib"], ",.0f", f["error"]), _cell(b["peak_mem_mib"], ",.0f", b["error"]),
+                      "yes" if row["registered_channels_last"] else "no")
     console.print(table)
     if args.json:
         meta = {"device": where, "form": form, "torch": torch.__version__, "batch": args.batch, "size": args.size,
-                "repeats": args.repeats, "steps": args.steps, "warmup": args.warmup}
+                "repeats": args.repeats, "steps": args.steps, "warmup": args.warmup, "compare": args.compare}
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
         console.print(f"rows written to {args.json}")

@@ -35,12 +35,12 @@ def test_backbone_throughput_runs_and_writes_json(tmp_path, one_thread):
     assert "full" not in [v for v, _ in bench.published_variants("convir")]  # the alias of b is not timed twice
 
 
-def test_channels_last_benchmark_times_both_layouts(one_thread):
-    rows = _load("channels_last").main(["--backbones", "aod_net,dea_net", "--threads", "1", "--batch", "1",
-                                        "--patch", "16", "--size", "24", "--steps", "1", "--rounds", "1"])
-    assert [r["backbone"] for r in rows] == ["aod_net", "dea_net"]
-    assert all(r["train_ratio"] > 0 and r["infer_ratio"] > 0 for r in rows)
+def test_backbone_throughput_compares_layouts(one_thread):
+    rows = _load("backbone_throughput").main(["--backbones", "aod_net,dea_net", *TINY_THROUGHPUT,
+                                              "--compare", "layout"])
+    assert all(r["nchw"]["images_per_s"] > 0 and r["nhwc_over_nchw"] > 0 for r in rows)
     assert [r["registered_channels_last"] for r in rows] == [True, False]
+    assert "bf16" not in rows[0]
 
 
 def test_backbone_throughput_reports_oom_in_the_row(monkeypatch, one_thread):

@@ -51,7 +51,7 @@ _CONFIGS: dict[str, dict] = {"full": {}, "tiny": {}}
     "aod_net",
     variants={"full": Published(1_761, 0.11e9, "macs", "AOD-Net paper (Caffe release)"), "tiny": None},
     multiple=1,
-    channels_last=True,  # CPU time NHWC / NCHW: training 0.62-0.64 (3-channel convs), benchmarks/channels_last.py
+    channels_last=True,  # CPU training 1.4-1.6x faster (3-channel convs): backbone_throughput.py --compare layout
     description="AOD-Net: five-conv K(x) estimator, J = ReLU(K*I - K + 1)",
 )
 def build_aod_net(variant: str = "full") -> AODNet:

@@ -90,7 +90,8 @@ def register_backbone(
 ) -> Callable[[Callable[..., "DehazeNet"]], Callable[..., "DehazeNet"]]:
     """Register ``fn(variant=..., **kw) -> DehazeNet`` under ``name`` with its published figures;
     ``channels_last``: the networks it builds restore in channels-last on the CPU (measure it with
-    ``benchmarks/channels_last.py``; it changes float summation order, so it enters the cache keys)."""
+    ``benchmarks/backbone_throughput.py --compare layout``; it changes float summation order, so it
+    enters the cache keys)."""
 
     def wrap(fn: Callable[..., DehazeNet]) -> Callable[..., DehazeNet]:
         BACKBONE_CARDS[name] = BackboneCard(name, dict(variants), multiple, description, needs_guide, channels_last)
