@@ -322,6 +322,8 @@ def test_weights_id_names_the_weights_a_built_guide_has(tmp_path, guide, monkeyp
     assert weights_id("embedded", steps=3, global_chroma=True) != weights_id("embedded", steps=3)
     assert weights_id("embedded", steps=3, cast_weight=0.0) == weights_id("embedded", steps=3)
     assert weights_id("embedded", steps=3, cast_weight=1.0) != weights_id("embedded", steps=3)
+    assert weights_id("embedded", steps=3, grey=0.0) == weights_id("embedded", steps=3)
+    assert weights_id("embedded", steps=3, grey=0.1) != weights_id("embedded", steps=3)
     monkeypatch.setattr(embedded_module, "VERSION", embedded_module.VERSION + 1)  # a changed data recipe
     assert weights_id("embedded", steps=3) != built.info["config_hash"]
     path = tmp_path / "tiny.pt"
@@ -329,6 +331,30 @@ def test_weights_id_names_the_weights_a_built_guide_has(tmp_path, guide, monkeyp
     loaded = build_guide("open_clip", model=TINY_MODEL, pretrained=str(path))
     assert weights_id("open_clip", model=TINY_MODEL, pretrained=str(path)) == loaded.info["sha256"]
     assert weights_id("open_clip", model=TINY_MODEL, pretrained=None) is None
+
+
+def test_a_grey_share_makes_that_share_of_the_clean_crops_monochrome_and_casts_stay_tinted():
+    """``grey``: about that share of the clean crops has R = G = B exactly (none without it: photos,
+    procedural scenes and the per-channel jitter are never exactly neutral); a clear crop is its
+    clean crop, and a cast of a monochrome crop is tinted, so it still cannot read as clear."""
+    from harness.guide.pairs import CAPTION_CLASSES, make_pairs
+
+    rng = np.random.default_rng(0)
+    photos = [(rng.uniform(0, 1, (40, 40, 3)).astype(np.float32), None) for _ in range(3)]
+
+    def monochrome(t):
+        return (t.amax(1) - t.amin(1)).flatten(1).amax(1) == 0
+
+    names = [c for c, _ in CAPTION_CLASSES]
+    plain = make_pairs(240, 16, 0, photos=photos)
+    assert not monochrome(plain.clean).any()
+    data = make_pairs(240, 16, 0, photos=photos, grey=0.5)
+    mono = monochrome(data.clean)
+    assert 0.35 < mono.float().mean() < 0.65  # binomial, n = 240: 4 standard deviations either side
+    clear = data.labels == names.index("clear")
+    assert torch.equal(data.images[clear], data.clean[clear]) and monochrome(data.images[clear & mono]).all()
+    cast = (data.labels == names.index("cast")) & mono
+    assert cast.any() and not monochrome(data.images[cast]).any()
 
 
 def test_imperfect_versions_of_a_constant_grey_crop_by_hand():

@@ -25,14 +25,14 @@ if TYPE_CHECKING:
 
 NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 _LATER_DEFAULTS = {"rank_weight": 0.0, "adversarial_steps": 1, "align_radius": 0.0, "blur": 0.0,
-                   "global_chroma": False, "cast_weight": 0.0, "align_batch": 0}  # see _embedded_training
+                   "global_chroma": False, "cast_weight": 0.0, "align_batch": 0, "grey": 0.0}  # see _embedded_training
 
 
 def _embedded_training(tower: str = "vit", pool: int = 2048, noise: float = 0.02, direction_weight: float = 1.0,
                        adversarial: float = 0.25, image_size: int = 32, align_weight: float = 2.0,
                        rank_weight: float = 0.0, adversarial_steps: int = 1, align_radius: float = 0.0,
                        blur: float = 0.0, global_chroma: bool = False, cast_weight: float = 0.0,
-                       align_batch: int = 0) -> dict:
+                       align_batch: int = 0, grey: float = 0.0) -> dict:
     """The embedded guide's recipe options as its training settings (what its cache hash covers).
 
     The options of ``_LATER_DEFAULTS`` came later: each enters the settings only when it differs
@@ -40,7 +40,8 @@ def _embedded_training(tower: str = "vit", pool: int = 2048, noise: float = 0.02
     from harness.guide.model import TINY_CONV_MODEL, TINY_MODEL
 
     later = {"rank_weight": rank_weight, "adversarial_steps": adversarial_steps, "align_radius": align_radius,
-             "blur": blur, "global_chroma": global_chroma, "cast_weight": cast_weight, "align_batch": align_batch}
+             "blur": blur, "global_chroma": global_chroma, "cast_weight": cast_weight, "align_batch": align_batch,
+             "grey": grey}
     return dict(model_name=TINY_MODEL if tower == "vit" else TINY_CONV_MODEL, pool=pool, noise=noise,
                 direction_weight=direction_weight, adversarial=adversarial, image_size=image_size,
                 align_weight=align_weight, **{k: v for k, v in later.items() if v != _LATER_DEFAULTS[k]})
@@ -61,7 +62,7 @@ def embedded(steps: Annotated[int, Field(ge=1)] = 400, seed: int = 0, cache_dir:
              rank_weight: NonNegative = 0.0, adversarial_steps: Annotated[int, Field(ge=1)] = 1,
              align_radius: NonNegative = 0.0, blur: NonNegative = 0.0, global_chroma: bool = False,
              cast_weight: NonNegative = 0.0, align_batch: Annotated[int, Field(ge=0)] = 0,
-             gradient_blur: NonNegative = 3.0, gradient_global_chroma: bool = True):
+             grey: Annotated[float, Field(ge=0, le=1)] = 0.0, gradient_blur: NonNegative = 3.0, gradient_global_chroma: bool = True):
     """The harness's own degradation-aware tiny CLIP (trained once, then cached): a ``Guide``.
     ``blur`` (in guide input pixels) and ``global_chroma``: what its image tower sees
     (:class:`harness.guide.model.InputFilter`), in training and use; ``gradient_*``: what the
@@ -69,14 +70,15 @@ def embedded(steps: Annotated[int, Field(ge=1)] = 400, seed: int = 0, cache_dir:
     then keeps structure, and adaptation gains as much; ``gradient_blur: 0, gradient_global_chroma:
     false`` gives the earlier gradient and its results' keys; docs/guide.md). ``align_batch``: the
     gradient alignment on at most that many degraded crops of each batch (0: all; fewer is faster,
-    and 16 and 32 adapted worse, docs/guide.md)."""
+    and 16 and 32 adapted worse, docs/guide.md). ``grey``: the share of its training crops made
+    monochrome (R = G = B) before their degradation."""
     from harness.guide.embedded import load_embedded
 
     use = dict(views=views, view_scale=view_scale, gradient_blur=gradient_blur, gradient_global_chroma=gradient_global_chroma)
     return load_embedded(steps=steps, seed=seed, cache=cache_dir, use=use,
                          **_embedded_training(tower, pool, noise, direction_weight, adversarial, image_size,
                                               align_weight, rank_weight, adversarial_steps, align_radius,
-                                              blur, global_chroma, cast_weight, align_batch))
+                                              blur, global_chroma, cast_weight, align_batch, grey))
 
 
 def _weights_resolve(params: dict, context: CheckContext) -> None:

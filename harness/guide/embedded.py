@@ -84,17 +84,18 @@ def tiny_clip(model_name: str = TINY_MODEL, image_size: int = 64, blur: float = 
 def train_embedded(steps: int, seed: int, state_path: Path, batch_size: int = 64, pool: int = 2048,
                    lr: float = 5e-4, noise: float = 0.02, model_name: str = TINY_MODEL, progress=None,
                    strategy: Strategy | None = None, image_size: int = 64, blur: float = 0.0,
-                   global_chroma: bool = False, **objective) -> tuple[torch.nn.Module, dict]:
+                   global_chroma: bool = False, grey: float = 0.0, **objective) -> tuple[torch.nn.Module, dict]:
     """Train the tiny CLIP from scratch on captioned degraded crops; returns (model, training summary).
-    ``blur``, ``global_chroma``: its image tower's input filter (:func:`tiny_clip`); ``objective``: the
-    loss options of :class:`harness.guide.training.GuideStepper`.
+    ``blur``, ``global_chroma``: its image tower's input filter (:func:`tiny_clip`); ``grey``: the share
+    of monochrome crops (:func:`harness.guide.pairs.make_pairs`); ``objective``: the loss options of
+    :class:`harness.guide.training.GuideStepper`.
 
     One process trains it (the others of a torchrun wait on the cache's lock), so by default on this
     process's device alone, never with the run's DDP/DeepSpeed strategy."""
     strategy = strategy or Strategy(current_strategy().device)
     torch.manual_seed(seed)
     model = tiny_clip(model_name, image_size, blur, global_chroma)
-    data = make_pairs(pool, image_size, seed)
+    data = make_pairs(pool, image_size, seed, grey=grey)
     result = train_guide(model, open_clip.get_tokenizer(model_name), data, steps=steps, lr=lr,
                          batch_size=batch_size, noise=noise, seed=seed, state_path=state_path,
                          stage="embedded guide", progress=progress, strategy=strategy, **objective)

@@ -5,6 +5,8 @@ degradation that class names: haze at three strengths (atmospheric scattering wi
 depth), non-uniform coloured haze, night haze, and the failure modes a fooled guide rewards, which
 must never read as "clear": strong global colour casts and tinted monochromes, noise, stripes and
 blocking. Every crop also gets a mild colour and exposure jitter, so no cast defines a class.
+Optionally (``grey``) a share of the crops is made monochrome (R = G = B) before its degradation,
+so a monochrome photo can be "clear" and the way out of its haze stays monochrome.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ CAPTION_CLASSES: list[tuple[str, tuple[str, ...]]] = [
     ("artifacts", ("a noisy photo with artifacts", "a photo with stripes and noise")),
 ]
 BETA = {"light": (0.3, 0.7), "haze": (0.8, 1.6), "heavy": (1.8, 3.0)}
+LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # Rec. 601
 
 
 def _crop(image: np.ndarray, depth: np.ndarray | None, size: int, rng: np.random.Generator):
@@ -56,7 +59,7 @@ def _cast(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         gain = rng.uniform(0.35, 1.3, size=3)
         gain[rng.integers(3)] = rng.uniform(1.1, 1.4)  # one channel clearly dominates
         return np.clip(image * gain, 0, 1)
-    luma = image @ np.array([0.299, 0.587, 0.114], np.float32)
+    luma = image @ LUMA
     tint = rng.uniform(0.2, 1.0, size=3)
     tint /= tint.max()
     return np.clip(luma[..., None] * tint * rng.uniform(1.0, 1.4), 0, 1)
@@ -102,11 +105,13 @@ class Captioned:
 
 
 def make_pairs(count: int, size: int, seed: int, photo_share: float = 0.6,
-               photos: list[tuple[np.ndarray, np.ndarray | None]] | None = None) -> Captioned:
+               photos: list[tuple[np.ndarray, np.ndarray | None]] | None = None, grey: float = 0.0) -> Captioned:
     """``count`` captioned degraded crops of side ``size``, classes in turn.
 
     A share ``photo_share`` are crops of ``photos`` (``(image, depth or None)``; default: the
-    ``guide`` photo pool), the rest procedural scenes with exact depth.
+    ``guide`` photo pool), the rest procedural scenes with exact depth. A share ``grey`` of the
+    clean crops become their Rec. 601 luma after the jitter (0 draws nothing: the crops of a
+    guide trained without it stay the same).
     """
     from harness.data.photos import pool
 
@@ -121,6 +126,8 @@ def make_pairs(count: int, size: int, seed: int, photo_share: float = 0.6,
             clear, depth = synth.procedural_scene(size, rng)
         label = i % len(CAPTION_CLASSES)
         clear = _jitter(clear, rng)
+        if grey > 0 and rng.random() < grey:
+            clear = np.repeat((clear @ LUMA)[..., None], 3, axis=-1)
         out = _degrade(np.ascontiguousarray(clear), depth, CAPTION_CLASSES[label][0], rng)
         images.append(torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1))).float())
         clean.append(torch.from_numpy(np.ascontiguousarray(clear.transpose(2, 0, 1))).float())
