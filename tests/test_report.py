@@ -164,3 +164,36 @@ def test_cross_model_table_ranks_methods_within_each_backbone():
     assert (dea.label, msbdn.label) == ("dea_net-tiny", "msbdn-tiny")
     assert dea.cells["A/fade|bilalora"].mark == "best" and msbdn.cells["A/fade|pretrained"].mark == "best"
     assert before_after_table(recs, "pretrain") is None  # one pretraining set: no cross-domain table
+
+
+def test_per_image_table_counts_and_names_each_methods_losses_by_hand(tmp_path):
+    """Per-image scores of two seeds: the pretrained model's Entropy means are 7, 6, 5, 4.1 and full_ft's
+    7.5, 5, 5.2, 3.5, so full_ft is worse on b and d (by 1.0 and 0.6) and changes the mean by -0.225;
+    its FADE (lower is better) 0.5, 1.3, 0.9, 1.0 against 1 is worse on b alone. A method whose score
+    file is missing for one seed, a metric it improves on every image, and the sanity metric give no row."""
+    import pandas as pd
+
+    from harness.report.per_image import per_image_table
+
+    images = ["a.png", "b.png", "c.png", "d.png"]
+    scores = {("none", 0): ([7, 6, 5, 4.0], [1, 1, 1, 1]), ("none", 1): ([7, 6, 5, 4.2], [1, 1, 1, 1]),
+              ("full_ft", 0): ([7.5, 5, 5.2, 3.6], [0.5, 1.2, 0.9, 1]),
+              ("full_ft", 1): ([7.5, 5, 5.2, 3.4], [0.5, 1.4, 0.9, 1]),
+              ("bilalora", 0): ([1, 1, 1, 1], [9, 9, 9, 9])}
+    records = []
+    for (kind, seed), (entropy, fade) in scores.items():
+        folder = f"scores/{kind}{seed}"
+        (tmp_path / folder).mkdir(parents=True)
+        psnr = [10.0 if kind == "none" else 11.0] * 4  # better on every image: no row
+        pd.DataFrame({"image": images, "entropy": entropy, "fade": fade, "psnr": psnr,
+                      "lab_shift": [50.0] * 4}).to_csv(tmp_path / folder / "B.csv", index=False)
+        means = {"B": {"entropy": sum(entropy) / 4, "fade": sum(fade) / 4, "lab_shift": 50.0}}
+        records.append(record({"type": kind}, "pretrained" if kind == "none" else kind, means, seed=seed,
+                              artifacts={"scores": folder}))
+    records.append(record({"type": "bilalora"}, "bilalora", {"B": {"entropy": 1.0}}, seed=1,
+                          artifacts={"scores": "scores/missing"}))
+    table = per_image_table(records, tmp_path)
+    rows = [(r.label, r.cells["metric"].text, r.cells["worse"].text, r.cells["change"].text, r.cells["losses"].text)
+            for r in table.rows]
+    assert rows == [("full_ft", "FADE", "1 / 4", "-0.075", "b.png 1.000→1.300"),
+                    ("full_ft", "Entropy", "2 / 4", "-0.225", "b.png 6.000→5.000; d.png 4.100→3.500")]

@@ -17,6 +17,7 @@ from harness.report.baselines import (add_published_columns, add_published_rows,
 from harness.report.figures import samples, write_figures
 from harness.report.frame import Table, groups_of
 from harness.report.html import write_html
+from harness.report.per_image import per_image_table
 from harness.report.render import latex_escape, to_latex, to_markdown
 from harness.report.tables import all_tables
 from harness.store import RunStore, atomic_write_bytes
@@ -78,6 +79,7 @@ def write_report(run_dir: str | Path, formats: tuple[str, ...] = ("md", "latex")
     records = store.records()
     with_published = with_published or bool(baselines)
     tables, appendix = build(records, with_published, baselines)
+    tables += [t for t in (per_image_table(records, root),) if t is not None]
     figures = write_figures(records, root) if records else {}
     name = _name(records, root)
     stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
