@@ -169,7 +169,8 @@ def to_html(table: Table) -> str:
         classes = [c for c in ((cell.mark if cell else None), "flagged" if cell and cell.flags else None) if c]
         attr = f' class="{" ".join(classes)}"' if classes else ""
         title = f' title="{esc("; ".join(cell.flags))}"' if cell and cell.flags else ""
-        return f"<td{attr}{title}>{esc(_text(cell, column, row, 'html'))}</td>"
+        align = {"l": ' style="text-align:left"', "c": ' style="text-align:center"'}.get(column.align, "")
+        return f"<td{attr}{title}{align}>{esc(_text(cell, column, row, 'html'))}</td>"
 
     n = len(table.columns) + 1
     out = [f'<table class="report" id="tab-{esc(table.name)}">', f"<caption>{esc(table.title)}</caption>", "<thead>"]
