@@ -62,7 +62,8 @@ def embedded(steps: Annotated[int, Field(ge=1)] = 400, seed: int = 0, cache_dir:
              rank_weight: NonNegative = 0.0, adversarial_steps: Annotated[int, Field(ge=1)] = 1,
              align_radius: NonNegative = 0.0, blur: NonNegative = 0.0, global_chroma: bool = False,
              cast_weight: NonNegative = 0.0, align_batch: Annotated[int, Field(ge=0)] = 0,
-             grey: Annotated[float, Field(ge=0, le=1)] = 0.0, gradient_blur: NonNegative = 3.0, gradient_global_chroma: bool = True):
+             grey: Annotated[float, Field(ge=0, le=1)] = 0.0, gradient_blur: NonNegative = 3.0,
+             gradient_global_chroma: bool = True):
     """The harness's own degradation-aware tiny CLIP (trained once, then cached): a ``Guide``.
     ``blur`` (in guide input pixels) and ``global_chroma``: what its image tower sees
     (:class:`harness.guide.model.InputFilter`), in training and use; ``gradient_*``: what the
