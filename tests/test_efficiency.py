@@ -29,7 +29,7 @@ def test_peak_of_known_allocations_not_their_sum():
         del b, c
         d = torch.empty(16 * MB, dtype=torch.uint8)
     assert mem["peak_mem_mb"] == pytest.approx(64.0, rel=0.01)
-    assert d.numel() == 16 * MB
+    del d  # held to the end of the block: 16 MB, below the peak
     assert _get_current_dispatch_mode() is None  # the tracker is gone after the block
 
 
@@ -45,7 +45,7 @@ def test_views_keep_storage_alive_and_preexisting_tensors_cost_nothing():
         del view
         c = torch.zeros(12 * MB // 4)  # 8 + 12 = 20 < 24
     assert mem["peak_mem_mb"] == pytest.approx(24.0, rel=0.01)
-    assert old_view.shape[0] == old.numel() // 2 and b.numel() + c.numel() > 0
+    del old_view, b, c  # held to the end of the block
 
 
 def test_model_weights_count_at_entry_once():
@@ -158,7 +158,8 @@ def test_runtime_is_a_median_after_warmup_not_the_first_pass():
 
     model = SlowFirst()
     ms = runtime_ms(model, size=8, min_run_time=0.05)
-    assert model.calls > 10 and ms < 0.1 * 500  # a ratio to the warm-up pass, not an absolute bound
+    # a tenth of the 500 ms first pass, which the warm-up takes; the timed passes sleep 1 ms
+    assert model.calls > 10 and ms < 0.1 * 500
 
 
 def test_runtime_is_timed_once_per_architecture_and_thread_count():

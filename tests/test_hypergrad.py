@@ -72,6 +72,8 @@ def test_at_w_star_correction_vanishes_and_stays_finite():
 
 
 def test_exact_implicit_gradient_matches_finite_differences():
+    """Checks the reference: ``exact`` (the implicit-function gradient the other tests hold the
+    harness's hypergradients to) against central finite differences of F(w*(a), a)."""
     M, t, a = problem(2)
     total = lambda a: 0.5 * ((M @ a - t) ** 2).sum() + 0.5 * LAM * (a * a).sum()  # F(w*(a), a)
     eps = 1e-6

@@ -208,7 +208,7 @@ def test_table1_parameter_row_with_the_loralib_layout(tmp_path):
         result = manual_lora(sites=blocks, rank=8, alpha=16, steps=0, layout=layout).run(job)
         counts[layout] = (count_params(result.model), result.params_unmerged, result.params_trainable)
     merged, unmerged, trainable = counts["loralib"]
-    assert merged == 3_653_377 and trainable == 110_592
+    assert merged == 3_653_377 and trainable == 110_592  # merged: DEA-Net's deploy form (test_models_a; paper 3.653 M)
     assert unmerged == merged + trainable + 3  # and one gate per block
     assert round(merged / 1e6, 3) == 3.653 and round(unmerged / 1e6, 3) == 3.764
     assert counts["conv"][2] == 61_440 and counts["conv"][0] == merged

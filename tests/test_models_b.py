@@ -36,9 +36,24 @@ def test_full_size_matches_published(name, variant, params, macs):
 
 
 def test_msbdn_macs_match_thop_convention():
-    """The published 41.5 G counts each ConvTranspose2d at its output size (thop); ours is exact."""
-    macs, thop_macs = macs_256(meta_model("msbdn", "full"), device="meta")
-    assert abs(macs / 24.43e9 - 1) < 0.01
+    """The published 41.5 G counts each ConvTranspose2d at its output size (thop); ours is exact: it
+    equals the layers' multiply-adds counted from their shapes (a conv: per output element, its
+    in_channels / groups x k x k taps; a transposed conv: the same per *input* element)."""
+    model = meta_model("msbdn", "full")
+    by_shape = []
+
+    def hook(module, inputs, output):
+        taps = module.kernel_size[0] * module.kernel_size[1]
+        if isinstance(module, nn.ConvTranspose2d):
+            by_shape.append(inputs[0].numel() * module.out_channels // module.groups * taps)
+        else:
+            by_shape.append(output.numel() * module.in_channels // module.groups * taps)
+
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            m.register_forward_hook(hook)
+    macs, thop_macs = macs_256(model, device="meta")
+    assert macs == sum(by_shape) and abs(macs / 24.43e9 - 1) < 0.01  # 24.43 G: that count, as documented
     assert abs(thop_macs / 41.5e9 - 1) < 0.01
 
 

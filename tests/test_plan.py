@@ -158,7 +158,10 @@ def test_a_graft_depends_on_its_source_adaptation_and_its_key_follows_the_source
     assert source.spec["method"]["type"] == "full_ft"
     # the graft source is the same task as the recipe's own full_ft cell (shared, trained once)
     assert sum(t.kind == "adapt" and t.spec["method"]["type"] == "full_ft" for t in plan.tasks.values()) == 1
-    assert max(len(lvl) for lvl in plan.levels()) >= 1 and len(plan.levels()) == 4
+    # pretrain -> the full_ft (and other) adaptations -> the graft, after its source -> scores
+    level = {t.id: i for i, lvl in enumerate(plan.levels()) for t in lvl}
+    graft_level, source_level = {level[g.id] for g in grafts}, level[source.id]
+    assert len(plan.levels()) == 4 and source_level == 1 and graft_level == {2}
     longer = build_plan(load_recipe(write(tmp_path, changed(data, "methods.3.source.steps=61"), "b.yaml")))
     assert not {t.key for t in longer.tasks.values() if t.spec.get("method", {}).get("type") == "graft"} & \
         {t.key for t in grafts}

@@ -47,14 +47,20 @@ def test_graft_baseline_is_the_pretrained_model_of_the_same_backbone():
         assert base.value("A", "fade").n == 1 and src.method == source
 
 
-def test_convergence_leaves_the_pretraining_curve_out(tmp_path):
+def test_convergence_leaves_the_pretraining_curve_out(tmp_path, monkeypatch):
+    """The one curve drawn is the adaptation's (seconds, loss) points; the pretraining point is not drawn."""
+    from matplotlib.axes import Axes
+
+    drawn, plot = [], Axes.plot
+    monkeypatch.setattr(Axes, "plot", lambda ax, *xy, **kw: (drawn.append([list(v) for v in xy]), plot(ax, *xy, **kw))[1])
     pretrained = record({"type": "none"}, "pretrained", {"A": {"fade": 1.0}},
                         curves={"pretrain": [{"step": 0, "seconds": 1.0, "loss": 0.3}]})
     assert convergence_figure([pretrained], tmp_path / "c.png") is None
     adapted = record({"type": "full_ft"}, "full_ft", {"A": {"fade": 0.8}},
                      curves={"pretrain": [{"step": 0, "seconds": 1.0, "loss": 0.3}],
                              "full_ft": [{"step": s, "seconds": float(s), "loss": 1.0 - s / 10} for s in range(5)]})
-    assert convergence_figure([pretrained, adapted], tmp_path / "c.png").stat().st_size > 5_000
+    assert convergence_figure([pretrained, adapted], tmp_path / "c.png").is_file()
+    assert drawn == [[[0.0, 1.0, 2.0, 3.0, 4.0], [1.0, 0.9, 0.8, 0.7, 0.6]]]
 
 
 def _latex_ok(folder, tex) -> None:
