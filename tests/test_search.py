@@ -8,6 +8,7 @@ from harness.adapt.hypergrad import hypergradient
 
 from harness.adapt.methods import bilalora, naive_joint
 from harness.models import build_backbone, count_params
+from tests.test_methods import lora_count
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -67,7 +68,8 @@ def test_search_moves_gates_then_keeps_top_k_merged(job, builder):
     assert len(gates) == 8 and len({round(v, 6) for v in gates.values()}) > 1  # gates moved, differently
     assert result.info["selected"] == sorted(gates, key=gates.get, reverse=True)[:2]
     assert count_params(result.model) == base_params  # merged: no extra parameters at inference
-    # trainable = rank-2 branches on the two 3x3 convs of each kept block
+    # trainable = rank-2 branches on the convs of the two kept blocks
+    assert result.params_trainable == lora_count(job.model, result.info["selected"], rank=2)
     assert 0 < result.params_trainable < 0.05 * base_params
     assert result.artifacts["adapter"].is_file()
 
