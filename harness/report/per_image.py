@@ -57,9 +57,12 @@ def per_image_table(records: list[dict[str, Any]], root: Path, groups: list[Grou
         baseline = next((g for g in members if g.kind == "none"), None)
         if baseline is None:
             continue
+        befores: dict[str, pd.DataFrame | None] = {}  # the pretrained model's, read once per benchmark
         for g in (g for g in in_paper_order(members) if g.kind not in ("none", "graft")):
             for bench in g.benchmarks():
-                before, after = image_scores(baseline, bench, root), image_scores(g, bench, root)
+                if bench not in befores:
+                    befores[bench] = image_scores(baseline, bench, root)
+                before, after = befores[bench], image_scores(g, bench, root)
                 if before is None or after is None:
                     continue
                 images = before.index.intersection(after.index)

@@ -78,12 +78,12 @@ def write_report(run_dir: str | Path, formats: tuple[str, ...] = ("md", "latex")
     root = store.root
     records = store.records()
     with_published = with_published or bool(baselines)
+    groups = groups_of(records)
     tables, appendix = build(records, with_published, baselines)
-    tables += [t for t in (per_image_table(records, root),) if t is not None]
+    tables += [t for t in (per_image_table(records, root, groups),) if t is not None]
     figures = write_figures(records, root) if records else {}
     name = _name(records, root)
     stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    groups = groups_of(records)
     summary = (f"{len(records)} record(s), {len(groups)} cell identities, written {stamp} by `harness report` "
                f"from {root}/cells.")
     written: dict[str, Path] = {f"figure:{k}": v for k, v in figures.items()}
